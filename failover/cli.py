@@ -1,0 +1,165 @@
+"""The `failover` command: run, check, demo.
+
+Fatal errors end here, at the boundary: library code raises, this module prints one line
+per problem and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from .config import ConfigError, Settings, default_config_path, load_config
+from .proxy import ResponseAborted
+
+__all__ = ["main", "uvicorn_config"]
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="failover", description="A multi-CDN failover reverse proxy."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the proxy")
+    run.add_argument(
+        "--config",
+        type=Path,
+        help="config file (default: $FAILOVER_CONFIG, ./failover.yaml, config/failover.yaml)",
+    )
+    run.add_argument("--host", help="listen address (overrides listen.host)")
+    run.add_argument("--port", type=int, help="listen port (overrides listen.port)")
+    run.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    run.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+
+    check = commands.add_parser("check", help="validate a config file and exit")
+    check.add_argument("path", type=Path)
+
+    demo = commands.add_parser("demo", help="two demo origins behind the proxy, on loopback")
+    demo.add_argument("--port", type=int, default=8080, help="proxy port (default 8080)")
+    demo.add_argument(
+        "--origin-ports",
+        type=int,
+        nargs=2,
+        default=(9001, 9002),
+        metavar=("PRIMARY", "SECONDARY"),
+        help="default 9001 9002",
+    )
+    demo.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        return _check(args.path)
+    if args.command == "run":
+        return _run(args)
+    from .demo import run_demo
+
+    setup_logging(args.log_level)
+    try:
+        asyncio.run(run_demo(args.port, args.origin_ports[0], args.origin_ports[1]))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        print(f"failover demo: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _load(path: Path) -> Settings | None:
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def _check(path: Path) -> int:
+    settings = _load(path)
+    if settings is None:
+        return 2
+    origins = ", ".join(f"{o.name} (priority {o.priority})" for o in settings.origins)
+    print(f"{path}: ok; origins: {origins}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    path: Path = args.config or default_config_path()
+    if args.host:
+        os.environ["FAILOVER_LISTEN__HOST"] = args.host
+    if args.port is not None:
+        os.environ["FAILOVER_LISTEN__PORT"] = str(args.port)
+    settings = _load(path)
+    if settings is None:
+        return 2
+    if args.workers < 1:
+        print(f"--workers: {args.workers} is not a positive number", file=sys.stderr)
+        return 2
+    setup_logging(args.log_level)
+    # Workers re-read the config through the factory; they find it through the environment.
+    os.environ["FAILOVER_CONFIG"] = str(path.resolve())
+    if args.workers == 1:
+        from .app import App
+
+        app: Any = App(settings)
+    else:
+        app = "failover.app:create_app"
+    uvicorn.run(**uvicorn_config(settings, app, args.log_level, workers=args.workers))
+    return 0
+
+
+def uvicorn_config(
+    settings: Settings, app: Any, log_level: str = "info", workers: int = 1
+) -> dict[str, Any]:
+    """uvicorn's settings for the proxy: uvloop, httptools, no server-added headers."""
+    options: dict[str, Any] = dict(
+        app=app,
+        host=settings.listen.host,
+        port=settings.listen.port,
+        loop="uvloop",
+        http="httptools",
+        ws="none",
+        lifespan="on",
+        log_config=None,
+        log_level=log_level,
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        timeout_graceful_shutdown=settings.shutdown_timeout,
+        timeout_keep_alive=5,
+    )
+    if workers > 1:
+        options.update(workers=workers, factory=True)
+    return options
+
+
+class _AbortedFilter(logging.Filter):
+    """uvicorn logs any exception that ends a response with a traceback. An origin breaking
+    off a response is already logged by the proxy in one line; drop the duplicate."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, ResponseAborted)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("uvicorn.error").addFilter(_AbortedFilter())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The failover engine: applies probe results and attempt results to origin flags.
+
+Every change of an origin's flags goes through `Engine.set_flag`, which logs an event with its
+reason and tells the selector. Pure: the clock is injected, nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from .config import Settings
+from .events import EventLog
+from .health import CheckState, HealthCheck, ProbeResult
+from .origins import Flag, Origin
+from .outlier import Outlier
+from .selector import Selector
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: Settings,
+        origins: list[Origin],
+        events: EventLog,
+        clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.origins = origins
+        self.by_name = {origin.name: origin for origin in origins}
+        self.events = events
+        self.clock = clock
+        self.started_at = clock()
+        self.checks = {
+            o.name: HealthCheck(o.health.healthy_threshold, o.health.unhealthy_threshold)
+            for o in origins
+        }
+        self.outliers = {o.name: Outlier(settings.passive) for o in origins}
+        self.next_probe_at: dict[str, float] = {}
+        self.selector = Selector(origins, settings.failback, self._switched)
+        self.try_all = settings.all_down == "try-all"
+
+    # -- transitions ------------------------------------------------------------------------
+
+    def set_flag(self, origin: Origin, flag: Flag, on: bool, kind: str, reason: str) -> None:
+        """The one place an origin's flags change."""
+        if (flag in origin.flags) == on:
+            return
+        now = self.clock()
+        was_usable, old_state = origin.usable, origin.state
+        if on:
+            origin.flags.add(flag)
+        else:
+            origin.flags.discard(flag)
+        origin.reason = reason
+        origin.changed_at = now
+        self.events.emit(kind, origin.name, old_state, origin.state, reason)
+        if was_usable and not origin.usable:
+            self.selector.origin_down(origin, now)
+        elif origin.usable and not was_usable:
+            self.selector.origin_up(origin, now)
+        self.selector.refresh(now)
+
+    def _switched(self, old: list[Origin], new: list[Origin], reason: str) -> None:
+        self.events.emit(
+            "traffic-moved",
+            ",".join(o.name for o in new) or "-",
+            ",".join(o.name for o in old) or "none",
+            ",".join(o.name for o in new) or "none",
+            reason,
+        )
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def on_probe(self, origin: Origin, result: ProbeResult) -> bool:
+        """Apply one active probe result; return whether the origin passes its checks now."""
+        check = self.checks[origin.name]
+        transition = check.record(result)
+        if transition is not None:
+            failed = transition.new is CheckState.UNHEALTHY
+            kind = "origin-down" if failed else "origin-up"
+            self.set_flag(origin, Flag.FAILED_CHECK, failed, kind, transition.reason)
+        outlier = self.outliers[origin.name]
+        if result.ok and Flag.EJECTED in origin.flags and outlier.may_restore(self.clock()):
+            self._restore(origin, "ejection time passed and an active probe passed")
+        return check.state is not CheckState.UNHEALTHY
+
+    def on_attempt(self, origin: Origin, result: str | int, ttfb: float) -> None:
+        """Count one proxied attempt: an HTTP status, or connect-failure, reset, timeout."""
+        now = self.clock()
+        reason = self.outliers[origin.name].record(result, ttfb, now)
+        if reason is not None:
+            duration = self.outliers[origin.name].eject(now)
+            self.set_flag(origin, Flag.EJECTED, True, "ejected", f"{reason} (for {duration:g} s)")
+
+    def tick(self) -> None:
+        """Housekeeping, about once a second: restore ejections where no probe will, and let
+        the selector notice passed hold-downs even when no request arrives."""
+        now = self.clock()
+        for origin in self.origins:
+            outlier = self.outliers[origin.name]
+            if (
+                Flag.EJECTED in origin.flags
+                and not origin.health.enabled
+                and outlier.may_restore(now)
+            ):
+                self._restore(origin, "ejection time passed")
+        self.selector.active(now)
+
+    def _restore(self, origin: Origin, reason: str) -> None:
+        self.outliers[origin.name].restore(self.clock())
+        self.set_flag(origin, Flag.EJECTED, False, "restored", reason)
+
+    # -- choosing ---------------------------------------------------------------------------
+
+    def pick(self) -> Origin | None:
+        return self.selector.pick(self.clock())
+
+    def next_after(self, tried: list[Origin]) -> Origin | None:
+        return self.selector.next_after(tried, self.clock(), self.try_all)
+
+    # -- reporting --------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """Ready when an origin is usable and the first probe round is done (or grace ran out)."""
+        if not any(origin.usable for origin in self.origins):
+            return False
+        probed = all(self.checks[o.name].probes > 0 for o in self.origins if o.health.enabled)
+        return probed or self.clock() - self.started_at >= self.settings.health.startup_grace
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        active = self.selector.active(now)
+        return {
+            "active": active[0].name if len(active) == 1 else [o.name for o in active] or None,
+            "ready": self.ready(),
+            "origins": [self._origin_status(origin, now) for origin in self.origins],
+        }
+
+    def _origin_status(self, origin: Origin, now: float) -> dict[str, Any]:
+        check = self.checks[origin.name]
+        outlier = self.outliers[origin.name]
+        failback = self.selector.failback[origin.name]
+        total, failures, slow = outlier.window(now)
+        next_probe = self.next_probe_at.get(origin.name)
+        return {
+            "name": origin.name,
+            "url": origin.url,
+            "priority": origin.priority,
+            "weight": origin.weight,
+            "state": origin.state,
+            "usable": origin.usable,
+            "flags": sorted(flag.value for flag in origin.flags),
+            "reason": origin.reason,
+            "since_seconds": round(now - origin.changed_at, 3) if origin.changed_at else None,
+            "check": {
+                "state": check.state.value,
+                "consecutive_passes": check.passes,
+                "consecutive_failures": check.failures,
+                "last": check.last_detail,
+                "next_probe_in": (
+                    round(max(0.0, next_probe - now), 3) if next_probe is not None else None
+                ),
+            },
+            "passive": {
+                "consecutive_failures": outlier.consecutive,
+                "requests_in_window": total,
+                "error_rate": round(failures / total, 4) if total else 0.0,
+                "slow_rate": round(slow / total, 4) if total else 0.0,
+                "ejections": outlier.ejections,
+                "ejected_for": (
+                    round(max(0.0, outlier.ejected_until - now), 3)
+                    if outlier.ejected_until is not None
+                    else None
+                ),
+            },
+            "failback": {
+                "hold_down": self.selector.hold_down_for(origin),
+                "flaps": failback.flaps,
+                "eligible_in": (
+                    round(failback.eligible_at - now, 3)
+                    if origin.usable
+                    and math.isfinite(failback.eligible_at)
+                    and failback.eligible_at > now
+                    else None
+                ),
+            },
+        }

@@ -1,0 +1,80 @@
+"""Origin: one upstream (url, priority, weight, Host header) and its health flags.
+
+As in Envoy, an origin's health is a set of independent flags: a failed active check, an
+ejection by passive detection, an operator's drain or disable. It is usable when none is set.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from .config import HealthConfig, OriginConfig, Settings
+
+__all__ = ["Flag", "Origin", "build_origins"]
+
+
+class Flag(enum.Enum):
+    FAILED_CHECK = "failed-check"
+    EJECTED = "ejected"
+    DRAINED = "drained"
+    DISABLED = "disabled"
+
+
+@dataclass(eq=False)
+class Origin:
+    """One upstream. Everything the hot path needs is computed here once per config."""
+
+    name: str
+    url: str
+    priority: int
+    weight: int
+    health: HealthConfig
+    preserve_host: bool
+    host_header: str  # the Host sent upstream unless preserve_host
+    base: str  # scheme://host[:port] followed by the url's path prefix, no trailing slash
+    name_header: bytes = b""
+    flags: set[Flag] = field(default_factory=set)
+    # Set by the health engine: when this origin last became usable again, and since when
+    # (if ever) it may take traffic after its failback hold-down.
+    reason: str = "started"
+    changed_at: float = 0.0
+
+    @property
+    def usable(self) -> bool:
+        return not self.flags
+
+    @property
+    def state(self) -> str:
+        """One word for humans: `healthy`, or the flags joined by '+'."""
+        if not self.flags:
+            return "healthy"
+        return "+".join(sorted(flag.value for flag in self.flags))
+
+    @classmethod
+    def from_config(cls, config: OriginConfig, health: HealthConfig) -> Origin:
+        parts = urlsplit(config.url)
+        default_port = 443 if parts.scheme == "https" else 80
+        netloc_host = parts.hostname or ""
+        if ":" in netloc_host:
+            netloc_host = f"[{netloc_host}]"
+        port = parts.port or default_port
+        host = netloc_host if port == default_port else f"{netloc_host}:{port}"
+        return cls(
+            name=config.name,
+            url=config.url,
+            priority=config.priority,
+            weight=config.weight,
+            health=health,
+            preserve_host=config.preserve_host,
+            host_header=config.host_header or host,
+            base=f"{parts.scheme}://{netloc_host}:{port}{parts.path.rstrip('/')}",
+            name_header=config.name.encode(),
+        )
+
+
+def build_origins(settings: Settings) -> list[Origin]:
+    """The configured origins, sorted by priority (stable: config order within a tier)."""
+    origins = [Origin.from_config(o, settings.health_for(o)) for o in settings.origins]
+    return sorted(origins, key=lambda origin: origin.priority)

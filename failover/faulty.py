@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn, cast, get_args
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict
 
 Mode = Literal["ok", "refuse", "reset", "blackhole", "http5xx", "slow", "partial", "flap"]
@@ -335,12 +335,13 @@ class FaultyOrigin:
         return await self._send_pattern(request, response, start, stop)
 
     async def _chunked(self, request: web.BaseRequest, size_text: str) -> web.StreamResponse:
-        """Stream the byte pattern with chunked transfer encoding."""
+        """Stream the byte pattern with chunked transfer encoding (HTTP/1.0 gets a plain close)."""
         if not size_text.isdigit():
             return self._text("byte count must be a whole number", status=400)
         response = web.StreamResponse(headers=self._headers())
         response.content_type = "application/octet-stream"
-        response.enable_chunked_encoding()
+        if request.version >= HttpVersion11:
+            response.enable_chunked_encoding()
         return await self._send_pattern(request, response, 0, int(size_text))
 
     async def _send_pattern(
@@ -354,6 +355,8 @@ class FaultyOrigin:
                 count = min(CHUNK_SIZE, stop - offset)
                 await response.write(pattern(offset, count))
                 offset += count
+                # write() only waits when the socket is backed up; let other tasks run too.
+                await asyncio.sleep(0)
         await response.write_eof()
         return response
 

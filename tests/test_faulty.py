@@ -424,12 +424,11 @@ async def test_stop_closes_hung_connections() -> None:
 
 @pytest.mark.asyncio
 async def test_stop_closes_idle_keep_alive_connections() -> None:
-    async with running() as origin:
-        async with raw_connection(origin.port) as (reader, writer):
-            writer.write(b"GET / HTTP/1.1\r\nHost: origin\r\n\r\n")
-            assert (await reader.readuntil(b"\r\n\r\nalpha")).startswith(b"HTTP/1.1 200")
-            await origin.stop()
-            assert await asyncio.wait_for(reader.read(), timeout=2) == b""
+    async with running() as origin, raw_connection(origin.port) as (reader, writer):
+        writer.write(b"GET / HTTP/1.1\r\nHost: origin\r\n\r\n")
+        assert (await reader.readuntil(b"\r\n\r\nalpha")).startswith(b"HTTP/1.1 200")
+        await origin.stop()
+        assert await asyncio.wait_for(reader.read(), timeout=2) == b""
 
 
 @pytest.mark.asyncio
@@ -495,8 +494,10 @@ async def test_flap_alternates_with_the_clock(session: aiohttp.ClientSession) ->
 
         async def statuses() -> tuple[int, int]:
             async with session.get(origin.url + "/") as page:
-                async with session.get(origin.url + "/health") as health:
-                    return page.status, health.status
+                await page.read()
+            async with session.get(origin.url + "/health") as health:
+                await health.read()
+            return page.status, health.status
 
         assert await statuses() == (200, 200)
         clock.now += 1.4

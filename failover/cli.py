@@ -134,6 +134,9 @@ def uvicorn_config(
         log_level=log_level,
         access_log=False,
         server_header=False,
+        # uvicorn would otherwise take the client address from X-Forwarded-For sent by any
+        # loopback peer; the proxy appends the real peer itself and admin.allow checks it.
+        proxy_headers=False,
         date_header=False,
         timeout_graceful_shutdown=settings.shutdown_timeout,
         timeout_keep_alive=5,

@@ -43,7 +43,7 @@ __all__ = [
     "parse_duration",
 ]
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
+_DURATION = re.compile(r"^\s*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -258,6 +258,9 @@ class RetryConfig(_Block):
     methods: list[str] = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"]
     max_buffered_body: int = Field(1_048_576, ge=0)
     idempotency_key: bool = False
+    budget: float = Field(0.2, ge=0, le=1)
+    min_retries_in_flight: int = Field(3, ge=0)
+    hedge_after: OptionalDuration = None
 
     @field_validator("on", mode="before")
     @classmethod
@@ -288,6 +291,7 @@ class TimeoutsConfig(_Block):
     connect: Duration = 2.0
     first_byte: Duration = 10.0
     idle: Duration = 60.0
+    request: OptionalDuration = None
 
 
 class AdminConfig(_Block):
@@ -321,7 +325,14 @@ class ProxyConfig(_Block):
     max_connections_per_origin: int = Field(1000, ge=1)
 
 
-AllDown = Literal["try-all", "503"]
+class StaleConfig(_Block):
+    enabled: bool = False
+    max_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    max_object_bytes: int = Field(1024 * 1024, ge=0)
+    max_age: Duration = 3600.0
+
+
+AllDown = Literal["try-all", "503", "stale"]
 
 
 class Settings(BaseSettings):
@@ -344,6 +355,7 @@ class Settings(BaseSettings):
     timeouts: TimeoutsConfig = TimeoutsConfig()
     admin: AdminConfig = AdminConfig()
     proxy: ProxyConfig = ProxyConfig()
+    stale: StaleConfig = StaleConfig()
     all_down: AllDown = "try-all"
     shutdown_timeout: Duration = 30.0
 
@@ -358,6 +370,12 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Order is priority: the environment overrides what the file (passed as init) says.
         return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _stale(self) -> Settings:
+        if self.all_down == "stale" and not self.stale.enabled:
+            raise ValueError("all_down: 'stale' needs stale.enabled: true")
+        return self
 
     @field_validator("origins")
     @classmethod

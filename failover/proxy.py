@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote
@@ -20,7 +21,8 @@ import aiohttp
 from .config import Settings
 from .engine import Engine
 from .origins import Origin
-from .retry import ClientGone, RequestBody, RetryPolicy
+from .retry import ClientGone, RequestBody, RetryBudget, RetryPolicy
+from .stale import StaleCache, Tee
 from .upstream import Upstream, UpstreamError
 
 __all__ = ["HOP_BY_HOP", "Proxy", "ResponseAborted"]
@@ -57,6 +59,38 @@ _REQUEST_DROP = HOP_BY_HOP | {
     b"via",
 }
 _NO_BODY_STATUSES = frozenset({204, 304})
+_HEDGED_METHODS = frozenset({"GET", "HEAD"})
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """One client request on its way through the attempts."""
+
+    method: str
+    target: str
+    headers: list[tuple[str, str]]  # to send upstream, Host excepted
+    client_host: str | None
+    body: RequestBody | None
+    idempotency_key: bool
+    deadline_at: float | None = None
+    retrying: bool = False
+    not_retried: str = ""
+    tried: list[Origin] = field(default_factory=list)
+    attempts: list[str] = field(default_factory=list)  # "name;result", for X-Failover-Attempts
+    failures: list[str] = field(default_factory=list)  # "name: detail", for error bodies
+
+    def remaining(self, now: float) -> float | None:
+        """Seconds left before `timeouts.request`, None without one."""
+        if self.deadline_at is None:
+            return None
+        return max(0.0, self.deadline_at - now)
+
+
+_Tried = tuple[aiohttp.ClientResponse | None, str | int]
+
+
+def _stale_key(exchange: _Exchange) -> str:
+    return f"{exchange.client_host or ''}{exchange.target}"
 
 
 class ResponseAborted(Exception):
@@ -89,7 +123,12 @@ class Proxy:
         self.attempts_header = settings.proxy.attempts_header
         self.via = settings.proxy.via
         self.max_buffered = settings.retry.max_buffered_body
-        self.try_all = settings.all_down == "try-all"
+        self.all_down = settings.all_down
+        self.hedge_after = settings.retry.hedge_after
+        self.request_timeout = settings.timeouts.request
+        self.budget = RetryBudget(settings.retry.budget, settings.retry.min_retries_in_flight)
+        self.failure_statuses = settings.passive.failure_statuses
+        self.stale = StaleCache(settings.stale) if settings.stale.enabled else None
         self.retry_after = str(max(1, round(settings.health.interval)))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -108,74 +147,165 @@ class Proxy:
     # -- forwarding ---------------------------------------------------------------------
 
     async def forward(self, scope: Scope, receive: Receive, send: Send) -> None:
-        method: str = scope["method"]
         target = _target(scope)
         if target is None:
             await _plain(send, 400, "request target must be a path such as /index.html")
             return
         headers, client_host, has_body, idempotency_key = self._request_headers(scope)
         body = RequestBody(receive, self.max_buffered) if has_body else None
+        exchange = _Exchange(scope["method"], target, headers, client_host, body, idempotency_key)
+        if self.request_timeout is not None:
+            exchange.deadline_at = self.clock() + self.request_timeout
+        budget = self.budget
+        budget.active += 1
+        try:
+            await self._forward(scope, receive, send, exchange)
+        except ClientGone:
+            pass  # the client went away while sending its body: nothing left to answer
+        finally:
+            budget.active -= 1
+            if exchange.retrying:
+                budget.retries -= 1
 
-        origin = self.engine.pick()
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, exchange: _Exchange
+    ) -> None:
+        engine = self.engine
+        origin = engine.pick()
         if origin is None:
-            if not self.try_all:
+            if self.all_down == "503":
                 await self._all_down(send)
                 return
-            origin = self.engine.next_after([])
+            if self.all_down == "stale" and await self._serve_stale(scope, send, exchange):
+                return
+            origin = engine.next_after([])
             assert origin is not None  # there is always at least one origin
-        tried: list[Origin] = []
-        attempts: list[str] = []
-        not_retried = ""
-        failures: list[str] = []
+        tried = exchange.tried
         while True:
             tried.append(origin)
-            started = self.clock()
-            result: str | int
-            response: aiohttp.ClientResponse | None = None
-            try:
-                response = await self._attempt(origin, method, target, headers, client_host, body)
-                result = response.status
-            except UpstreamError as error:
-                result = error.kind
-                failures.append(f"{origin.name}: {error.detail}")
-            except ClientGone:
-                return  # nothing left to answer
-            self.engine.on_attempt(origin, result, self.clock() - started)
-            attempts.append(f"{origin.name};{result}")
+            if (
+                self.hedge_after is not None
+                and exchange.body is None
+                and (exchange.method in _HEDGED_METHODS)
+            ):
+                origin, response, result = await self._hedged(origin, exchange)
+            else:
+                response, result = await self._try(origin, exchange)
             if isinstance(result, int) and not self.policy.retries_status(result):
                 break
-            refusal = self.policy.refusal(result, method, body, len(tried), idempotency_key)
-            following = self.engine.next_after(tried) if refusal is None else None
+            refusal = self.policy.refusal(
+                result, exchange.method, exchange.body, len(tried), exchange.idempotency_key
+            )
+            following = None
+            if refusal is None:
+                following = engine.next_after(tried)
+                if following is not None:
+                    if exchange.remaining(self.clock()) == 0.0:
+                        refusal, following = "deadline", None
+                    elif not exchange.retrying and not self.budget.allows():
+                        refusal, following = "budget", None
             if following is None:
                 if refusal not in (None, "status", "condition"):
-                    not_retried = refusal or ""
+                    exchange.not_retried = refusal or ""
                 break
             if response is not None:
                 response.close()
+            self._start_retry(exchange)
             origin = following
 
-        extra: list[tuple[bytes, bytes]] = []
-        if self.attempts_header:
-            extra.append((b"x-failover-attempts", ", ".join(attempts).encode()))
-        if not_retried:
-            extra.append((b"x-failover-not-retried", not_retried.encode()))
+        failed = response is None or result in self.failure_statuses
+        if failed and self.stale is not None and await self._serve_stale(scope, send, exchange):
+            if response is not None:
+                response.close()
+            return
+        extra = self._extra_headers(exchange)
         if response is None:
             status = 504 if result == "timeout" else 502
-            await _plain(send, status, "no origin answered (" + "; ".join(failures) + ")", extra)
+            reasons = "; ".join(exchange.failures)
+            await _plain(send, status, f"no origin answered ({reasons})", extra)
             return
-        await self._stream(scope, receive, send, origin, response, body, extra)
+        await self._stream(scope, receive, send, origin, response, exchange, extra)
+
+    def _start_retry(self, exchange: _Exchange) -> None:
+        """Count this request as a retry in flight (once, whatever number of retries)."""
+        if not exchange.retrying:
+            exchange.retrying = True
+            self.budget.retries += 1
+
+    def _extra_headers(self, exchange: _Exchange) -> list[tuple[bytes, bytes]]:
+        extra: list[tuple[bytes, bytes]] = []
+        if self.attempts_header:
+            extra.append((b"x-failover-attempts", ", ".join(exchange.attempts).encode()))
+        if exchange.not_retried:
+            extra.append((b"x-failover-not-retried", exchange.not_retried.encode()))
+        return extra
+
+    async def _try(
+        self, origin: Origin, exchange: _Exchange
+    ) -> tuple[aiohttp.ClientResponse | None, str | int]:
+        """One attempt, reported to the engine and noted in the exchange."""
+        started = self.clock()
+        response: aiohttp.ClientResponse | None = None
+        result: str | int
+        try:
+            response = await self._attempt(origin, exchange, started)
+            result = response.status
+        except UpstreamError as error:
+            result = error.kind
+            exchange.failures.append(f"{origin.name}: {error.detail}")
+        except asyncio.CancelledError:
+            exchange.attempts.append(f"{origin.name};cancelled")
+            raise
+        self.engine.on_attempt(origin, result, self.clock() - started)
+        exchange.attempts.append(f"{origin.name};{result}")
+        return response, result
+
+    async def _hedged(
+        self, origin: Origin, exchange: _Exchange
+    ) -> tuple[Origin, aiohttp.ClientResponse | None, str | int]:
+        """Send to `origin`; if it has not answered with headers within `hedge_after`, send the
+        same request to the next origin too. The first response with headers wins; the other
+        attempt is cancelled, which closes its connection."""
+        first = asyncio.ensure_future(self._try(origin, exchange))
+        with contextlib.suppress(TimeoutError):
+            return origin, *(await asyncio.wait_for(asyncio.shield(first), self.hedge_after))
+        second_origin = self.engine.next_after(exchange.tried)
+        if second_origin is None or (not exchange.retrying and not self.budget.allows()):
+            return origin, *(await first)
+        exchange.tried.append(second_origin)
+        self._start_retry(exchange)
+        second = asyncio.ensure_future(self._try(second_origin, exchange))
+        owners: dict[asyncio.Future[_Tried], Origin] = {first: origin, second: second_origin}
+        pending: set[asyncio.Future[_Tried]] = {first, second}
+        outcome: tuple[Origin, aiohttp.ClientResponse | None, str | int] | None = None
+        try:
+            while pending and (outcome is None or outcome[1] is None):
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    response, result = task.result()
+                    if response is not None and outcome is not None and outcome[1] is not None:
+                        response.close()  # both answered at once: keep the first
+                    elif outcome is None or outcome[1] is None:
+                        outcome = (owners[task], response, result)
+        finally:
+            for task in pending:
+                task.cancel()
+            for late in await asyncio.gather(*pending, return_exceptions=True):
+                if isinstance(late, tuple) and late[0] is not None:
+                    late[0].close()
+        assert outcome is not None
+        return outcome
 
     async def _attempt(
-        self,
-        origin: Origin,
-        method: str,
-        target: str,
-        headers: list[tuple[str, str]],
-        client_host: str | None,
-        body: RequestBody | None,
+        self, origin: Origin, exchange: _Exchange, now: float
     ) -> aiohttp.ClientResponse:
-        host = client_host if origin.preserve_host and client_host else origin.host_header
-        deadline = asyncio.timeout(self.first_byte if body is None else None)
+        host = exchange.client_host if origin.preserve_host else None
+        body = exchange.body
+        first_byte = self.first_byte
+        remaining = exchange.remaining(now)
+        if remaining is not None:
+            first_byte = min(first_byte, remaining)
+        deadline = asyncio.timeout(first_byte if body is None else None)
         if body is not None:
             loop = asyncio.get_running_loop()
 
@@ -183,17 +313,38 @@ class Proxy:
                 # The first-byte clock starts once the whole request is upstream (unless the
                 # response came before the body ended).
                 with contextlib.suppress(RuntimeError):
-                    deadline.reschedule(loop.time() + self.first_byte)
+                    deadline.reschedule(loop.time() + first_byte)
 
             body.on_complete = body_sent
         return await self.upstream.open(
             origin,
-            method,
-            target,
-            [("Host", host), *headers],
+            exchange.method,
+            exchange.target,
+            [("Host", host or origin.host_header), *exchange.headers],
             body.chunks() if body is not None else None,
             deadline,
+            first_byte,
         )
+
+    async def _serve_stale(self, scope: Scope, send: Send, exchange: _Exchange) -> bool:
+        """Answer with a stored copy if one may be served; say whether it did."""
+        if self.stale is None or exchange.method != "GET":
+            return False
+        now = self.clock()
+        entry = self.stale.lookup(_stale_key(exchange), scope["headers"], now)
+        if entry is None:
+            return False
+        headers = [
+            *entry.headers,
+            (b"age", str(int(now - entry.stored_at)).encode()),
+            (b"x-failover-stale", b"1"),
+        ]
+        if self.origin_header:
+            headers.append((b"x-failover-origin", entry.origin))
+        headers.extend(self._extra_headers(exchange))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": entry.body, "more_body": False})
+        return True
 
     def _request_headers(
         self, scope: Scope
@@ -240,7 +391,7 @@ class Proxy:
         return out, client_host, has_body, idempotency_key
 
     def _response_headers(
-        self, origin: Origin, response: aiohttp.ClientResponse, extra: list[tuple[bytes, bytes]]
+        self, origin: Origin, response: aiohttp.ClientResponse
     ) -> list[tuple[bytes, bytes]]:
         raw = response.raw_headers
         drop: frozenset[bytes] | set[bytes] = HOP_BY_HOP
@@ -260,7 +411,6 @@ class Proxy:
         out.append((b"via", via + f"1.1 {self.via}".encode()))
         if self.origin_header:
             out.append((b"x-failover-origin", origin.name_header))
-        out.extend(extra)
         return out
 
     async def _stream(
@@ -270,19 +420,24 @@ class Proxy:
         send: Send,
         origin: Origin,
         response: aiohttp.ClientResponse,
-        body: RequestBody | None,
+        exchange: _Exchange,
         extra: list[tuple[bytes, bytes]],
     ) -> None:
-        """Stream the response to the client; close the upstream response whatever happens."""
+        """Stream the response to the client; close the upstream response whatever happens.
+
+        With stale-if-error on, a GET 200 is copied as it streams (never held back)."""
+        body = exchange.body
         finished = False
         gone: asyncio.Future[None] | None = None
+        headers = self._response_headers(origin, response)
+        tee: Tee | None = None
+        if self.stale is not None and response.status == 200 and exchange.method == "GET":
+            key = _stale_key(exchange)
+            tee = self.stale.begin(key, scope["headers"], headers, origin.name_header)
+        headers.extend(extra)
         try:
             await send(
-                {
-                    "type": "http.response.start",
-                    "status": response.status,
-                    "headers": self._response_headers(origin, response, extra),
-                }
+                {"type": "http.response.start", "status": response.status, "headers": headers}
             )
             if scope["method"] == "HEAD" or response.status in _NO_BODY_STATUSES:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -292,6 +447,8 @@ class Proxy:
             try:
                 chunk = await content.readany()
                 while chunk:
+                    if tee is not None and not tee.add(chunk):
+                        tee = None  # larger than stale.max_object_bytes: not kept
                     if content.is_eof():
                         break
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -313,6 +470,8 @@ class Proxy:
                 raise ResponseAborted(f"{origin.name}: {exc}") from exc
             await send({"type": "http.response.body", "body": chunk, "more_body": False})
             finished = True
+            if tee is not None and self.stale is not None:
+                self.stale.finish(tee, self.clock())
         finally:
             if gone is not None and not gone.done():
                 gone.cancel()

@@ -11,7 +11,7 @@ from typing import Any
 
 from .config import RetryConfig
 
-__all__ = ["RequestBody", "RetryPolicy"]
+__all__ = ["ClientGone", "RequestBody", "RetryBudget", "RetryPolicy"]
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
@@ -59,6 +59,20 @@ class RequestBody:
                 yield chunk
         if self.on_complete is not None:
             self.on_complete()
+
+
+class RetryBudget:
+    """Retries in flight may not exceed `ratio` of active requests, with a floor, so that a
+    failing primary does not hit the next origin with double load."""
+
+    def __init__(self, ratio: float, floor: int) -> None:
+        self.ratio = ratio
+        self.floor = floor
+        self.active = 0  # requests in flight
+        self.retries = 0  # of which are retrying (or hedging)
+
+    def allows(self) -> bool:
+        return self.retries < max(self.floor, self.ratio * self.active)
 
 
 class RetryPolicy:

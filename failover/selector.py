@@ -42,7 +42,6 @@ class Selector:
         self.tier: list[Origin] = []
         self._current: dict[str, int] = {}
         self._refresh_at = -math.inf
-        self._switch_reason = ""
         self._on_switch = None
         self.refresh(-math.inf)  # the first choice is not a move: no event
         self._on_switch = on_switch
@@ -56,7 +55,6 @@ class Selector:
         elif record.recovered_at is not None:
             record.flaps = 0  # a quiet flap window has passed: back to the base hold-down
         record.eligible_at = math.inf
-        self._switch_reason = f"{origin.name} is {origin.state}: {origin.reason}"
         self.invalidate()
 
     def origin_up(self, origin: Origin, now: float) -> None:
@@ -141,14 +139,15 @@ class Selector:
     def _explain(self, old: list[Origin], new: list[Origin], now: float) -> str:
         if not new:
             return "no origin is usable"
-        if old and new[0].priority < old[0].priority:
-            names = ", ".join(o.name for o in new)
-            hold = max(self.failback[o.name].hold_down for o in new)
-            return f"{names} stayed usable for the {hold:g} s hold-down"
-        if old and any(not o.usable for o in old):
-            down = [o for o in old if not o.usable]
+        down = [o for o in old if not o.usable]
+        if down:  # the serving origins failed: that is the cause, whoever takes over
             return "; ".join(f"{o.name} is {o.state}: {o.reason}" for o in down)
-        return self._switch_reason or "origins changed"
+        joined = [o for o in new if o not in old] or new
+        names = ", ".join(o.name for o in joined)
+        if old and all(self.failback[o.name].eligible_at <= now for o in joined):
+            hold = max(self.failback[o.name].hold_down for o in joined)
+            return f"{names} stayed usable for the {hold:g} s hold-down"
+        return f"{names} became usable"
 
     def active(self, now: float) -> list[Origin]:
         if now >= self._refresh_at:

@@ -105,6 +105,7 @@ class Upstream:
         headers: Iterable[tuple[str, str]],
         body: AsyncIterable[bytes] | None,
         deadline: asyncio.Timeout,
+        first_byte: float,
     ) -> aiohttp.ClientResponse:
         """Send the request; return once the response headers are in.
 
@@ -124,7 +125,7 @@ class Upstream:
                     chunked=None,
                 )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise map_error(exc, self.first_byte) from exc
+            raise map_error(exc, first_byte) from exc
 
     async def probe(self, origin: Origin) -> ProbeResult:
         """One active health check of `origin`."""

@@ -1,45 +1,92 @@
-"""Admin routes under the reserved prefix: health, readiness, status and events.
+"""Admin routes under the reserved prefix.
 
-healthz and readyz answer anyone (load balancers and Kubernetes probe them); status and
-events answer only clients whose socket address is in `admin.allow`.
+healthz and readyz answer anyone (load balancers and Kubernetes probe them). status, events,
+metrics and the dashboard answer only clients in `admin.allow`, judged by the socket peer (or,
+behind a proxy listed in `admin.trust_forwarded`, by X-Forwarded-For). Overrides (drain,
+disable, enable) also need the bearer token `admin.token`.
 """
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from starlette.routing import Route
+
+from .dashboard import DASHBOARD
+from .metrics import CONTENT_TYPE
+from .overrides import ACTIONS
 
 if TYPE_CHECKING:
     from .app import App
 
-__all__ = ["build_admin"]
+__all__ = ["build_admin", "client_address"]
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+
+
+def _within(address: Any, networks: list[Network]) -> bool:
+    return address is not None and any(address in network for network in networks)
+
+
+def client_address(request: Request, trusted: list[Network]) -> str:
+    """The client's address: the socket peer, unless that peer is a trusted proxy, in which
+    case the nearest X-Forwarded-For entry that is not itself a trusted proxy."""
+    peer = request.client.host if request.client else ""
+    if not trusted or not _within(_address(peer), trusted):
+        return peer
+    hops = [h.strip() for v in request.headers.getlist("x-forwarded-for") for h in v.split(",")]
+    for hop in reversed(hops):
+        if not _within(_address(hop), trusted):
+            return hop
+    return peer
+
+
+def _plain(status: int, text: str, **headers: str) -> PlainTextResponse:
+    phrase = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found"}
+    return PlainTextResponse(f"{status} {phrase[status]}: {text}\n", status, headers=headers)
 
 
 def build_admin(app: App) -> Starlette:
-    settings = app.settings
-    prefix = settings.admin.prefix
-    networks = [ipaddress.ip_network(item, strict=False) for item in settings.admin.allow]
+    prefix = app.settings.admin.prefix
+    cache: dict[int, tuple[list[Network], list[Network]]] = {}
+
+    def networks() -> tuple[list[Network], list[Network]]:
+        admin = app.settings.admin  # re-read: a reload may change them
+        key = id(admin)
+        if key not in cache:
+            cache.clear()
+            cache[key] = (
+                [ipaddress.ip_network(item, strict=False) for item in admin.allow],
+                [ipaddress.ip_network(item, strict=False) for item in admin.trust_forwarded],
+            )
+        return cache[key]
 
     def restricted(endpoint: Endpoint) -> Endpoint:
         async def guarded(request: Request) -> Response:
-            host = request.client.host if request.client else ""
-            try:
-                address = ipaddress.ip_address(host)
-            except ValueError:
-                address = None
-            if address is None or not any(address in network for network in networks):
-                return PlainTextResponse(
-                    f"403 Forbidden: {host or 'this client'} is not in admin.allow\n",
-                    status_code=403,
-                )
+            allow, trusted = networks()
+            client = client_address(request, trusted)
+            if not _within(_address(client), allow):
+                return _plain(403, f"{client or 'this client'} is not in admin.allow")
             return await endpoint(request)
 
         return guarded
@@ -54,30 +101,69 @@ def build_admin(app: App) -> Starlette:
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def status(request: Request) -> Response:
-        return JSONResponse(app.engine.status())
+        body = app.engine.status()
+        body["overrides"] = app.overrides.entries
+        body["last_reload"] = app.last_reload
+        return JSONResponse(body)
 
     async def events(request: Request) -> Response:
         try:
             limit = int(request.query_params.get("limit", "100"))
         except ValueError:
-            return PlainTextResponse("400 Bad Request: limit must be a whole number\n", 400)
+            return _plain(400, "limit must be a whole number")
         items = app.events.newest_first(max(0, limit))
         return JSONResponse({"events": [event.as_dict() for event in items]})
 
+    async def metrics(request: Request) -> Response:
+        if app.metrics is None:
+            return _plain(404, "metrics are off (metrics.enabled: false)")
+        return Response(app.metrics.exposition(), media_type=CONTENT_TYPE)
+
+    async def dashboard(request: Request) -> Response:
+        return HTMLResponse(DASHBOARD.replace("{{prefix}}", prefix))
+
+    async def override(request: Request) -> Response:
+        token = app.settings.admin.token
+        if token is None:
+            return _plain(
+                403,
+                "admin mutations are off: set admin.token in the config "
+                "(or FAILOVER_ADMIN__TOKEN) and send it as 'Authorization: Bearer <token>'",
+            )
+        sent = request.headers.get("authorization", "")
+        scheme, _, credential = sent.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            credential.strip().encode(), token.encode()
+        ):
+            return _plain(401, "wrong or missing bearer token", **{"WWW-Authenticate": "Bearer"})
+        name = request.path_params["name"]
+        action = request.path_params["action"]
+        if action not in ACTIONS:
+            return _plain(404, f"unknown action {action!r} (known: {', '.join(ACTIONS)})")
+        origin = app.engine.by_name.get(name)
+        if origin is None:
+            known = ", ".join(o.name for o in app.engine.origins)
+            return _plain(404, f"no origin named {name!r} (known: {known})")
+        by = request.query_params.get("by") or client_address(request, networks()[1])
+        app.override(origin, action, by)
+        return JSONResponse({"origin": name, "action": action, "state": origin.state, "by": by})
+
     async def not_found(request: Request) -> Response:
-        known = ", ".join(f"{prefix}/{name}" for name in ("healthz", "readyz", "status", "events"))
-        return PlainTextResponse(
-            f"404 Not Found: {request.url.path} is not an admin endpoint (known: {known})\n",
-            status_code=404,
+        known = ", ".join(
+            f"{prefix}/{name}" for name in ("", "healthz", "readyz", "status", "events", "metrics")
         )
+        return _plain(404, f"{request.url.path} is not an admin endpoint (known: {known})")
 
     return Starlette(
         routes=[
+            Route(f"{prefix}/", restricted(dashboard), methods=["GET"]),
             Route(f"{prefix}/healthz", healthz, methods=["GET", "HEAD"]),
             Route(f"{prefix}/readyz", readyz, methods=["GET", "HEAD"]),
             Route(f"{prefix}/status", restricted(status), methods=["GET"]),
             Route(f"{prefix}/events", restricted(events), methods=["GET"]),
+            Route(f"{prefix}/metrics", restricted(metrics), methods=["GET"]),
+            Route(f"{prefix}/origins/{{name}}/{{action}}", restricted(override), methods=["POST"]),
             Route(f"{prefix}/{{rest:path}}", not_found),
-            Route(prefix, not_found),
+            Route(prefix, lambda request: RedirectResponse(f"{prefix}/")),
         ]
     )

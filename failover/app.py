@@ -1,15 +1,19 @@
 """The composition root: builds every part from Settings and owns their lifetimes.
 
 `App` is the ASGI application uvicorn runs. Its lifespan opens the connection pools, starts
-one probe loop per origin and the housekeeping loop, and on shutdown cancels and awaits them
-and closes the pools. Clock and randomness are injected here and nowhere else.
+one probe loop per origin, the housekeeping loop, the config watcher and the webhook sender,
+and on shutdown stops and awaits them and closes the pools. Clock and randomness are injected
+here and nowhere else. A config reload builds a new engine and proxy and swaps them in one
+assignment; requests in flight finish on the objects they started with.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import signal
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -18,10 +22,14 @@ from typing import Any
 from .admin import build_admin
 from .config import Settings, default_config_path, load_config
 from .engine import Engine
-from .events import EventLog
+from .events import Event, EventLog
 from .health import probe_loop
+from .metrics import Metrics
+from .notify import Webhooks
 from .origins import Origin, build_origins
+from .overrides import OverrideStore
 from .proxy import Message, Proxy, Receive, Scope, Send
+from .reload import Reloader
 from .upstream import Upstream
 
 __all__ = ["App", "create_app"]
@@ -36,19 +44,48 @@ class App:
         self,
         settings: Settings,
         *,
+        config_path: str | Path | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
+        self.wall_clock = wall_clock
         self.rng = rng or random.Random()
-        self.events = EventLog(wall_clock)
-        self.origins = build_origins(settings)
-        self.engine = Engine(settings, self.origins, self.events, clock)
+        self.events = EventLog(wall_clock, settings.events.history)
+        self.metrics = Metrics() if settings.metrics.enabled else None
+        self.webhooks: Webhooks | None = None
+        if settings.events.webhooks:
+            self.webhooks = Webhooks(
+                settings.events.webhooks,
+                settings.events.webhook_timeout,
+                settings.events.webhook_queue,
+                self.metrics.webhook_drops.inc if self.metrics else None,
+            )
+            self.events.subscribe(self.webhooks.notify)
+        if self.metrics is not None:
+            self.events.subscribe(self._count_event)
+        self.overrides = OverrideStore(settings.admin.state_file, wall_clock)
+        self.overrides.load()
         self.upstream = Upstream(settings)
-        self.proxy = Proxy(settings, self.engine, self.upstream, build_admin(self), clock)
+        self.admin = build_admin(self)
+        self.engine = Engine(settings, build_origins(settings), self.events, clock)
+        self._apply_overrides()
+        self.proxy = self._proxy(settings)
+        path = Path(config_path) if config_path else None
+        state = Path(settings.admin.state_file) if settings.admin.state_file else None
+        self.reloader = Reloader(self, path, state)
+        self.last_reload: dict[str, Any] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.probes: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def origins(self) -> list[Origin]:
+        return self.engine.origins
+
+    def _proxy(self, settings: Settings) -> Proxy:
+        return Proxy(settings, self.engine, self.upstream, self.admin, self.clock, self.metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -72,16 +109,29 @@ class App:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    # -- lifetime ---------------------------------------------------------------------------
+
     async def startup(self) -> None:
         for origin in self.origins:
             self.upstream.add(origin)
-            if origin.health.enabled:
-                self.spawn(self._probe(origin), f"probe {origin.name}")
+        self._start_probes()
         self.spawn(self._housekeeping(), "housekeeping")
+        if self.webhooks is not None:
+            self.spawn(self.webhooks.run(), "webhooks")
+        if self.reloader.config_path is not None or self.reloader.state_file is not None:
+            self.spawn(self.reloader.watch(), "config watcher")
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, self.reloader.reload, "SIGHUP"
+            )
+        self._update_gauges()
         names = ", ".join(f"{o.name} (priority {o.priority})" for o in self.origins)
         logger.info("Proxying to %s.", names)
 
     async def shutdown(self) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        self.reloader.stop.set()
         tasks, self.tasks = self.tasks, set()
         for task in tasks:
             task.cancel()
@@ -101,14 +151,25 @@ class App:
         task.add_done_callback(done)
         return task
 
+    def _start_probes(self) -> None:
+        for task in self.probes.values():
+            task.cancel()
+        self.probes = {
+            origin.name: self.spawn(self._probe(origin), f"probe {origin.name}")
+            for origin in self.origins
+            if origin.health.enabled
+        }
+
     async def _probe(self, origin: Origin) -> None:
+        engine = self.engine
+
         def on_next(delay: float) -> None:
-            self.engine.next_probe_at[origin.name] = self.clock() + delay
+            engine.next_probe_at[origin.name] = self.clock() + delay
 
         await probe_loop(
             origin.health,
             lambda: self.upstream.probe(origin),
-            lambda result: self.engine.on_probe(origin, result),
+            lambda result: engine.on_probe(origin, result),
             on_next,
             self.rng,
         )
@@ -121,7 +182,100 @@ class App:
             except Exception:
                 logger.exception("Housekeeping failed; trying again in %g s.", TICK)
 
+    async def _close_later(self, pools: list[Any], delay: float) -> None:
+        await asyncio.sleep(delay)
+        for pool in pools:
+            await pool.close()
+
+    # -- config reload ----------------------------------------------------------------------
+
+    def apply(self, settings: Settings, trigger: str = "reload") -> None:
+        """Swap in a validated config."""
+        old = self.settings
+        for key in ("listen", "admin"):
+            before, after = getattr(old, key), getattr(settings, key)
+            if key == "admin":
+                before, after = before.prefix, after.prefix
+            if before != after:
+                logger.warning(
+                    "%s changed (%s -> %s): it takes effect after a restart; the rest of the "
+                    "new config is applied now.",
+                    key,
+                    before,
+                    after,
+                )
+        previous = self.engine
+        engine = Engine(settings, build_origins(settings), self.events, self.clock, previous)
+        retired = self.upstream.sync(settings, engine.origins)
+        self.settings = settings
+        self.engine = engine
+        self._apply_overrides()
+        self.proxy = self._proxy(settings)
+        if retired:
+            grace = settings.timeouts.first_byte + settings.timeouts.idle
+            self.spawn(self._close_later(retired, grace), "close retired pools")
+        self._start_probes()
+        kept = {o.name for o in previous.origins} & {o.name for o in engine.origins}
+        added = sorted({o.name for o in engine.origins} - kept)
+        removed = sorted({o.name for o in previous.origins} - kept)
+        summary = f"{trigger}: {len(engine.origins)} origins"
+        if added:
+            summary += f", added {', '.join(added)}"
+        if removed:
+            summary += f", removed {', '.join(removed)}"
+        self.last_reload = {"result": "ok", "at": self.wall_clock(), "trigger": trigger}
+        if self.metrics is not None:
+            self.metrics.reloads.labels("ok").inc()
+        self.events.emit("config-reloaded", "-", "", "", summary)
+        self._update_gauges()
+
+    def reload_failed(self, problems: list[str], trigger: str) -> None:
+        for problem in problems:
+            logger.error("Config reload (%s) rejected: %s", trigger, problem)
+        logger.error("Still serving with the previous config.")
+        self.last_reload = {
+            "result": "error",
+            "at": self.wall_clock(),
+            "trigger": trigger,
+            "errors": problems,
+        }
+        if self.metrics is not None:
+            self.metrics.reloads.labels("error").inc()
+
+    # -- operator overrides -----------------------------------------------------------------
+
+    def override(self, origin: Origin, action: str, by: str) -> None:
+        self.overrides.set(origin.name, action, by)
+        self.engine.override(origin, action, by)
+
+    def load_overrides(self) -> None:
+        if self.overrides.load():
+            self._apply_overrides()
+
+    def _apply_overrides(self) -> None:
+        for origin in self.engine.origins:
+            entry = self.overrides.entries.get(origin.name)
+            if entry is None:
+                self.engine.override(origin, "enable", "the state file")
+            else:
+                self.engine.override(origin, entry["action"], str(entry.get("by", "?")))
+
+    # -- metrics ----------------------------------------------------------------------------
+
+    def _count_event(self, event: Event) -> None:
+        assert self.metrics is not None
+        if event.kind == "traffic-moved":
+            self.metrics.failovers.labels(event.old, event.new).inc()
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        if self.metrics is None:
+            return
+        active = {o.name for o in self.engine.selector.tier}
+        self.metrics.origins((o.name, o.usable, o.name in active) for o in self.origins)
+
 
 def create_app(config_path: str | Path | None = None) -> App:
     """The factory uvicorn's workers call (`failover.app:create_app`)."""
-    return App(load_config(config_path or default_config_path()))
+    path = config_path or default_config_path()
+    return App(load_config(path), config_path=path)

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -114,8 +115,18 @@ def _run(args: argparse.Namespace) -> int:
         app: Any = App(settings)
     else:
         app = "failover.app:create_app"
-    uvicorn.run(**uvicorn_config(settings, app, args.log_level, workers=args.workers))
+    # uvicorn re-raises the signal that stopped it once it has shut down gracefully, which
+    # would end the process "killed by SIGTERM"; a graceful stop is a success: exit 0.
+    previous = signal.signal(signal.SIGTERM, _stopped)
+    try:
+        uvicorn.run(**uvicorn_config(settings, app, args.log_level, workers=args.workers))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def uvicorn_config(

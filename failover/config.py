@@ -298,6 +298,8 @@ class AdminConfig(_Block):
     prefix: str = "/_failover"
     token: str | None = None
     allow: list[str] = ["127.0.0.0/8", "::1/128"]
+    trust_forwarded: list[str] = []
+    state_file: str | None = None
 
     @field_validator("prefix")
     @classmethod
@@ -307,7 +309,7 @@ class AdminConfig(_Block):
             raise ValueError(f"{value!r} is not a path prefix such as '/_failover'")
         return value.rstrip("/")
 
-    @field_validator("allow")
+    @field_validator("allow", "trust_forwarded")
     @classmethod
     def _allow(cls, value: list[str]) -> list[str]:
         for item in value:
@@ -330,6 +332,30 @@ class StaleConfig(_Block):
     max_bytes: int = Field(64 * 1024 * 1024, ge=0)
     max_object_bytes: int = Field(1024 * 1024, ge=0)
     max_age: Duration = 3600.0
+
+
+class MetricsConfig(_Block):
+    enabled: bool = True
+
+
+class LogConfig(_Block):
+    access: bool = False
+
+
+class EventsConfig(_Block):
+    webhooks: list[str] = []
+    history: int = Field(500, ge=1)
+    webhook_timeout: Duration = 5.0
+    webhook_queue: int = Field(1000, ge=1)
+
+    @field_validator("webhooks")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{url!r} is not an http(s) URL")
+        return value
 
 
 AllDown = Literal["try-all", "503", "stale"]
@@ -356,6 +382,9 @@ class Settings(BaseSettings):
     admin: AdminConfig = AdminConfig()
     proxy: ProxyConfig = ProxyConfig()
     stale: StaleConfig = StaleConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    log: LogConfig = LogConfig()
+    events: EventsConfig = EventsConfig()
     all_down: AllDown = "try-all"
     shutdown_timeout: Duration = 30.0
 

@@ -27,6 +27,7 @@ class Engine:
         origins: list[Origin],
         events: EventLog,
         clock: Callable[[], float],
+        previous: Engine | None = None,
     ) -> None:
         self.settings = settings
         self.origins = origins
@@ -41,7 +42,40 @@ class Engine:
         self.outliers = {o.name: Outlier(settings.passive) for o in origins}
         self.next_probe_at: dict[str, float] = {}
         self.selector = Selector(origins, settings.failback, self._switched)
-        self.try_all = settings.all_down == "try-all"
+        self.try_all = settings.all_down != "503"
+        if previous is not None:
+            self._inherit(previous)
+
+    def _inherit(self, previous: Engine) -> None:
+        """After a config reload: origins whose name and url are unchanged keep their flags,
+        health state, passive counters and failback record."""
+        self.started_at = previous.started_at
+        for origin in self.origins:
+            old = previous.by_name.get(origin.name)
+            if old is None or old.url != origin.url:
+                continue
+            origin.flags = set(old.flags)
+            origin.reason, origin.changed_at = old.reason, old.changed_at
+            check = previous.checks[origin.name]
+            check.healthy_threshold = origin.health.healthy_threshold
+            check.unhealthy_threshold = origin.health.unhealthy_threshold
+            self.checks[origin.name] = check
+            outlier = previous.outliers[origin.name]
+            if outlier.config.window == self.settings.passive.window:
+                outlier.config = self.settings.passive
+                self.outliers[origin.name] = outlier
+            self.selector.failback[origin.name] = previous.selector.failback[origin.name]
+        self.selector.reset(self.clock())
+        old_tier = [o.name for o in previous.selector.tier]
+        new_tier = [o.name for o in self.selector.tier]
+        if old_tier != new_tier:
+            self.events.emit(
+                "traffic-moved",
+                ",".join(new_tier) or "-",
+                ",".join(old_tier) or "none",
+                ",".join(new_tier) or "none",
+                "config reload",
+            )
 
     # -- transitions ------------------------------------------------------------------------
 
@@ -72,6 +106,18 @@ class Engine:
             ",".join(o.name for o in new) or "none",
             reason,
         )
+
+    def override(self, origin: Origin, action: str, by: str) -> None:
+        """An operator's drain, disable or enable (which clears both)."""
+        if action == "enable":
+            self.set_flag(origin, Flag.DRAINED, False, "override", f"enabled by {by}")
+            self.set_flag(origin, Flag.DISABLED, False, "override", f"enabled by {by}")
+            return
+        flag, other = (
+            (Flag.DRAINED, Flag.DISABLED) if action == "drain" else (Flag.DISABLED, Flag.DRAINED)
+        )
+        self.set_flag(origin, other, False, "override", f"{action} replaces {other.value}")
+        self.set_flag(origin, flag, True, "override", f"{flag.value} by {by}")
 
     # -- inputs -----------------------------------------------------------------------------
 
@@ -170,6 +216,12 @@ class Engine:
                 "requests_in_window": total,
                 "error_rate": round(failures / total, 4) if total else 0.0,
                 "slow_rate": round(slow / total, 4) if total else 0.0,
+                "requests_per_second": round(total / outlier.config.window, 3),
+                "mean_latency_ms": (
+                    round(latency * 1000, 3)
+                    if (latency := outlier.mean_latency(now)) is not None
+                    else None
+                ),
                 "ejections": outlier.ejections,
                 "ejected_for": (
                     round(max(0.0, outlier.ejected_until - now), 3)

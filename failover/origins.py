@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from .config import HealthConfig, OriginConfig, Settings
 
-__all__ = ["Flag", "Origin", "build_origins"]
+__all__ = ["OPERATOR_FLAGS", "Flag", "Origin", "build_origins"]
 
 
 class Flag(enum.Enum):
@@ -20,6 +21,9 @@ class Flag(enum.Enum):
     EJECTED = "ejected"
     DRAINED = "drained"
     DISABLED = "disabled"
+
+
+OPERATOR_FLAGS = frozenset({Flag.DRAINED, Flag.DISABLED})
 
 
 @dataclass(eq=False)
@@ -40,6 +44,7 @@ class Origin:
     # (if ever) it may take traffic after its failback hold-down.
     reason: str = "started"
     changed_at: float = 0.0
+    pool: Any = None  # the keep-alive connection pool, set by upstream.py
 
     @property
     def usable(self) -> bool:

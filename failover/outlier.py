@@ -31,6 +31,7 @@ class Outlier:
         self._totals = [0] * BUCKETS
         self._failures = [0] * BUCKETS
         self._slow = [0] * BUCKETS
+        self._latency = [0.0] * BUCKETS
         self.consecutive = 0
         self.last_failure: Result | None = None
         self.ejections = 0  # ejections in a row; decays after a quiet max_ejection_time
@@ -47,7 +48,9 @@ class Outlier:
         if self._ids[i] != bucket:
             self._ids[i] = bucket
             self._totals[i] = self._failures[i] = self._slow[i] = 0
+            self._latency[i] = 0.0
         self._totals[i] += 1
+        self._latency[i] += ttfb
         if failed:
             self._failures[i] += 1
             self.consecutive += 1
@@ -70,6 +73,16 @@ class Outlier:
                 failures += self._failures[i]
                 slow += self._slow[i]
         return total, failures, slow
+
+    def mean_latency(self, now: float) -> float | None:
+        """Mean time to first byte over the window, None without requests."""
+        oldest = int(now / self._width) - BUCKETS + 1
+        total, latency = 0, 0.0
+        for i in range(BUCKETS):
+            if self._ids[i] >= oldest:
+                total += self._totals[i]
+                latency += self._latency[i]
+        return latency / total if total else None
 
     def _verdict(self, now: float) -> str | None:
         config = self.config

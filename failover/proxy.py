@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -20,6 +21,7 @@ import aiohttp
 
 from .config import Settings
 from .engine import Engine
+from .metrics import Metrics
 from .origins import Origin
 from .retry import ClientGone, RequestBody, RetryBudget, RetryPolicy
 from .stale import StaleCache, Tee
@@ -75,6 +77,9 @@ class _Exchange:
     deadline_at: float | None = None
     retrying: bool = False
     not_retried: str = ""
+    status: int = 0  # as sent to the client; 0 when it went away first
+    origin: str = "-"  # the origin whose answer was sent
+    bytes_out: int = 0
     tried: list[Origin] = field(default_factory=list)
     attempts: list[str] = field(default_factory=list)  # "name;result", for X-Failover-Attempts
     failures: list[str] = field(default_factory=list)  # "name: detail", for error bodies
@@ -87,6 +92,31 @@ class _Exchange:
 
 
 _Tried = tuple[aiohttp.ClientResponse | None, str | int]
+
+
+_access = logging.getLogger("failover.access")
+
+
+def _log_access(scope: Scope, exchange: _Exchange, duration: float) -> None:
+    """One JSON line per request (`log.access: true`)."""
+    client = scope.get("client")
+    _access.info(
+        json.dumps(
+            {
+                "time": round(time.time(), 3),
+                "client": client[0] if client else None,
+                "method": exchange.method,
+                "path": exchange.target,
+                "status": exchange.status,
+                "origin": exchange.origin,
+                "attempts": exchange.attempts,
+                "duration_ms": round(duration * 1000, 3),
+                "bytes_in": exchange.body.size if exchange.body is not None else 0,
+                "bytes_out": exchange.bytes_out,
+            },
+            separators=(",", ":"),
+        )
+    )
 
 
 def _stale_key(exchange: _Exchange) -> str:
@@ -110,6 +140,7 @@ class Proxy:
         upstream: Upstream,
         admin: ASGIApp,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -129,6 +160,8 @@ class Proxy:
         self.budget = RetryBudget(settings.retry.budget, settings.retry.min_retries_in_flight)
         self.failure_statuses = settings.passive.failure_statuses
         self.stale = StaleCache(settings.stale) if settings.stale.enabled else None
+        self.metrics = metrics
+        self.access_log = settings.log.access
         self.retry_after = str(max(1, round(settings.health.interval)))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -154,8 +187,9 @@ class Proxy:
         headers, client_host, has_body, idempotency_key = self._request_headers(scope)
         body = RequestBody(receive, self.max_buffered) if has_body else None
         exchange = _Exchange(scope["method"], target, headers, client_host, body, idempotency_key)
+        started = self.clock()
         if self.request_timeout is not None:
-            exchange.deadline_at = self.clock() + self.request_timeout
+            exchange.deadline_at = started + self.request_timeout
         budget = self.budget
         budget.active += 1
         try:
@@ -166,6 +200,10 @@ class Proxy:
             budget.active -= 1
             if exchange.retrying:
                 budget.retries -= 1
+            if self.metrics is not None:
+                self.metrics.request(exchange.origin, exchange.status, self.clock() - started)
+            if self.access_log:
+                _log_access(scope, exchange, self.clock() - started)
 
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, exchange: _Exchange
@@ -174,6 +212,7 @@ class Proxy:
         origin = engine.pick()
         if origin is None:
             if self.all_down == "503":
+                exchange.status = 503
                 await self._all_down(send)
                 return
             if self.all_down == "stale" and await self._serve_stale(scope, send, exchange):
@@ -202,7 +241,9 @@ class Proxy:
                 if following is not None:
                     if exchange.remaining(self.clock()) == 0.0:
                         refusal, following = "deadline", None
-                    elif not exchange.retrying and not self.budget.allows():
+                    elif not exchange.retrying and origin.usable and not self.budget.allows():
+                        # The budget guards an origin still believed healthy against retry
+                        # storms; once it is ejected or failed, the retry is the failover.
                         refusal, following = "budget", None
             if following is None:
                 if refusal not in (None, "status", "condition"):
@@ -210,7 +251,7 @@ class Proxy:
                 break
             if response is not None:
                 response.close()
-            self._start_retry(exchange)
+            self._start_retry(exchange, result)
             origin = following
 
         failed = response is None or result in self.failure_statuses
@@ -220,14 +261,16 @@ class Proxy:
             return
         extra = self._extra_headers(exchange)
         if response is None:
-            status = 504 if result == "timeout" else 502
+            exchange.status = 504 if result == "timeout" else 502
             reasons = "; ".join(exchange.failures)
-            await _plain(send, status, f"no origin answered ({reasons})", extra)
+            await _plain(send, exchange.status, f"no origin answered ({reasons})", extra)
             return
         await self._stream(scope, receive, send, origin, response, exchange, extra)
 
-    def _start_retry(self, exchange: _Exchange) -> None:
+    def _start_retry(self, exchange: _Exchange, reason: str | int) -> None:
         """Count this request as a retry in flight (once, whatever number of retries)."""
+        if self.metrics is not None:
+            self.metrics.retry(reason)
         if not exchange.retrying:
             exchange.retrying = True
             self.budget.retries += 1
@@ -257,6 +300,8 @@ class Proxy:
             exchange.attempts.append(f"{origin.name};cancelled")
             raise
         self.engine.on_attempt(origin, result, self.clock() - started)
+        if self.metrics is not None:
+            self.metrics.attempt(origin.name, result)
         exchange.attempts.append(f"{origin.name};{result}")
         return response, result
 
@@ -273,7 +318,7 @@ class Proxy:
         if second_origin is None or (not exchange.retrying and not self.budget.allows()):
             return origin, *(await first)
         exchange.tried.append(second_origin)
-        self._start_retry(exchange)
+        self._start_retry(exchange, "hedge")
         second = asyncio.ensure_future(self._try(second_origin, exchange))
         owners: dict[asyncio.Future[_Tried], Origin] = {first: origin, second: second_origin}
         pending: set[asyncio.Future[_Tried]] = {first, second}
@@ -342,6 +387,8 @@ class Proxy:
         if self.origin_header:
             headers.append((b"x-failover-origin", entry.origin))
         headers.extend(self._extra_headers(exchange))
+        exchange.status, exchange.origin = 200, entry.origin.decode()
+        exchange.bytes_out = len(entry.body)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": entry.body, "more_body": False})
         return True
@@ -435,6 +482,7 @@ class Proxy:
             key = _stale_key(exchange)
             tee = self.stale.begin(key, scope["headers"], headers, origin.name_header)
         headers.extend(extra)
+        exchange.status, exchange.origin = response.status, origin.name
         try:
             await send(
                 {"type": "http.response.start", "status": response.status, "headers": headers}
@@ -447,6 +495,7 @@ class Proxy:
             try:
                 chunk = await content.readany()
                 while chunk:
+                    exchange.bytes_out += len(chunk)
                     if tee is not None and not tee.add(chunk):
                         tee = None  # larger than stale.max_object_bytes: not kept
                     if content.is_eof():
@@ -468,6 +517,7 @@ class Proxy:
                     exc or type(exc).__name__,
                 )
                 raise ResponseAborted(f"{origin.name}: {exc}") from exc
+            exchange.bytes_out += len(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": False})
             finished = True
             if tee is not None and self.stale is not None:

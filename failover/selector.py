@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .config import FailbackConfig
-from .origins import Origin
+from .origins import OPERATOR_FLAGS, Origin
 
 __all__ = ["Failback", "Selector"]
 
@@ -42,9 +42,8 @@ class Selector:
         self.tier: list[Origin] = []
         self._current: dict[str, int] = {}
         self._refresh_at = -math.inf
-        self._on_switch = None
-        self.refresh(-math.inf)  # the first choice is not a move: no event
         self._on_switch = on_switch
+        self.reset(-math.inf)  # the first choice is not a move: no event
 
     # -- state changes ----------------------------------------------------------------------
 
@@ -70,6 +69,14 @@ class Selector:
 
     def invalidate(self) -> None:
         self._refresh_at = -math.inf
+
+    def reset(self, now: float) -> None:
+        """Choose the tier afresh without reporting it as a move (start-up, config reload)."""
+        on_switch, self._on_switch = self._on_switch, None
+        try:
+            self.refresh(now)
+        finally:
+            self._on_switch = on_switch
 
     # -- choosing ---------------------------------------------------------------------------
 
@@ -106,8 +113,8 @@ class Selector:
                 continue
             if origin.usable:
                 rank = 0 if self.failback[origin.name].eligible_at <= now else 1
-            elif try_all:
-                rank = 2
+            elif try_all and not origin.flags & OPERATOR_FLAGS:
+                rank = 2  # believed down, but may be back; never one an operator took out
             else:
                 continue
             ranks.append((rank, origin.priority, origin))

@@ -22,6 +22,9 @@ __all__ = ["Entry", "StaleCache", "Tee"]
 
 Headers = list[tuple[bytes, bytes]]
 
+# Headers the proxy sets on each answer; a stale answer gets its own.
+_PER_RESPONSE = frozenset({b"age", b"x-failover-attempts", b"x-failover-origin"})
+
 
 @dataclass
 class Entry:
@@ -109,7 +112,7 @@ class StaleCache:
             return None
         sent = dict(request_headers)
         vary = tuple((name, sent.get(name)) for name in vary_names)
-        kept = [(n, v) for n, v in headers if n not in (b"age", b"x-failover-attempts")]
+        kept = [(n, v) for n, v in headers if n not in _PER_RESPONSE]
         limit = min(self.config.max_object_bytes, self.config.max_bytes)
         return Tee(key, kept, servable, origin, vary, limit)
 

@@ -65,21 +65,25 @@ def _os_reason(exc: OSError) -> str:
 
 
 class Upstream:
-    """Connection pools to the origins, owned by the app's lifespan."""
+    """Connection pools to the origins, owned by the app's lifespan.
+
+    Each origin's pool hangs on `origin.pool`. A config reload hands the pool of an origin
+    whose name and url are unchanged to its successor; pools of removed origins are closed
+    once their in-flight requests had time to finish.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.first_byte = settings.timeouts.first_byte
-        self.sessions: dict[str, aiohttp.ClientSession] = {}
+        self.pools: dict[tuple[str, str], aiohttp.ClientSession] = {}
 
-    def add(self, origin: Origin) -> None:
+    def _pool(self) -> aiohttp.ClientSession:
         timeouts = self.settings.timeouts
         connector = aiohttp.TCPConnector(
             limit=self.settings.proxy.max_connections_per_origin,
             ttl_dns_cache=60,
             keepalive_timeout=min(timeouts.idle, 30.0),
         )
-        self.sessions[origin.name] = aiohttp.ClientSession(
+        return aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=timeouts.connect, sock_read=timeouts.idle
@@ -92,10 +96,36 @@ class Upstream:
             max_line_size=16384,
         )
 
+    def add(self, origin: Origin) -> None:
+        """Give `origin` its pool (a new one unless an origin of that name and url had one)."""
+        key = (origin.name, origin.url)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = self._pool()
+        origin.pool = pool
+
+    def sync(self, settings: Settings, origins: list[Origin]) -> list[aiohttp.ClientSession]:
+        """Pools for a new config; returns the pools no origin uses any more (to be closed
+        by the caller once in-flight requests had time to finish)."""
+        changed = (settings.timeouts, settings.proxy) != (
+            self.settings.timeouts,
+            self.settings.proxy,
+        )
+        self.settings = settings
+        previous, self.pools = self.pools, {}
+        if not changed:
+            for origin in origins:
+                key = (origin.name, origin.url)
+                if key in previous:
+                    self.pools[key] = previous.pop(key)
+        for origin in origins:
+            self.add(origin)
+        return list(previous.values())
+
     async def close(self) -> None:
-        sessions, self.sessions = self.sessions, {}
-        for session in sessions.values():
-            await session.close()
+        pools, self.pools = self.pools, {}
+        for pool in pools.values():
+            await pool.close()
 
     async def open(
         self,
@@ -112,7 +142,7 @@ class Upstream:
         `target` is the raw path and query as the client sent them (never re-encoded).
         The caller arms `deadline` for the first byte, and must close the response.
         """
-        session = self.sessions[origin.name]
+        session: aiohttp.ClientSession = origin.pool
         try:
             async with deadline:
                 return await session.request(
@@ -132,7 +162,7 @@ class Upstream:
         config = origin.health
         headers = {"Host": origin.host_header, "User-Agent": "failover-health-check"}
         headers.update(config.headers)
-        session = self.sessions[origin.name]
+        session: aiohttp.ClientSession = origin.pool
         try:
             async with asyncio.timeout(config.timeout):
                 async with session.request(

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -112,8 +113,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.workers == 1:
         from .app import App
 
-        app: Any = App(settings)
+        app: Any = App(settings, config_path=path)
     else:
+        settings = _share_between_workers(settings, path)
         app = "failover.app:create_app"
     # uvicorn re-raises the signal that stopped it once it has shut down gracefully, which
     # would end the process "killed by SIGTERM"; a graceful stop is a success: exit 0.
@@ -123,6 +125,25 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _share_between_workers(settings: Settings, path: Path) -> Settings:
+    """Workers are separate processes: metrics go through files that any worker can sum up,
+    and overrides through the state file that every worker watches."""
+    scratch = Path(tempfile.mkdtemp(prefix="failover-"))
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        (scratch / "metrics").mkdir()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(scratch / "metrics")
+    if settings.admin.state_file is None:
+        state = scratch / "state.json"
+        os.environ["FAILOVER_ADMIN__STATE_FILE"] = str(state)
+        logging.getLogger("failover").warning(
+            "admin.state_file is not set: overrides reach every worker through %s but do not "
+            "survive a restart.",
+            state,
+        )
+        return load_config(path)
+    return settings
 
 
 def _stopped(signum: int, frame: object) -> None:

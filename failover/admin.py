@@ -104,6 +104,12 @@ def build_admin(app: App) -> Starlette:
         body = app.engine.status()
         body["overrides"] = app.overrides.entries
         body["last_reload"] = app.last_reload
+        if app.fleet is not None:
+            body["fleet"] = {
+                "process": app.fleet.id,
+                "connected": app.fleet.connected,
+                "probing": sorted(app.fleet.holding),
+            }
         return JSONResponse(body)
 
     async def events(request: Request) -> Response:
@@ -111,8 +117,13 @@ def build_admin(app: App) -> Starlette:
             limit = int(request.query_params.get("limit", "100"))
         except ValueError:
             return _plain(400, "limit must be a whole number")
-        items = app.events.newest_first(max(0, limit))
-        return JSONResponse({"events": [event.as_dict() for event in items]})
+        limit = max(0, limit)
+        if app.fleet is not None:
+            shared = await app.fleet.recent_events(limit)
+            if shared is not None:
+                return JSONResponse({"events": shared, "source": "fleet"})
+        items = app.events.newest_first(limit)
+        return JSONResponse({"events": [event.as_dict() for event in items], "source": "local"})
 
     async def metrics(request: Request) -> Response:
         if app.metrics is None:

@@ -23,7 +23,8 @@ from .admin import build_admin
 from .config import Settings, default_config_path, load_config
 from .engine import Engine
 from .events import Event, EventLog
-from .health import probe_loop
+from .fleet import Fleet
+from .health import ProbeResult, probe_loop
 from .metrics import Metrics
 from .notify import Webhooks
 from .origins import Origin, build_origins
@@ -70,8 +71,11 @@ class App:
         self.overrides.load()
         self.upstream = Upstream(settings)
         self.admin = build_admin(self)
-        self.engine = Engine(settings, build_origins(settings), self.events, clock)
-        self._apply_overrides()
+        self.fleet = Fleet(self, settings.fleet, wall_clock) if settings.fleet else None
+        if self.fleet is not None:
+            self.events.subscribe(self.fleet.event)
+        self.engine = self._engine(settings, None)
+        self.apply_overrides()
         self.proxy = self._proxy(settings)
         path = Path(config_path) if config_path else None
         state = Path(settings.admin.state_file) if settings.admin.state_file else None
@@ -83,6 +87,12 @@ class App:
     @property
     def origins(self) -> list[Origin]:
         return self.engine.origins
+
+    def _engine(self, settings: Settings, previous: Engine | None) -> Engine:
+        engine = Engine(settings, build_origins(settings), self.events, self.clock, previous)
+        if self.fleet is not None:
+            engine.on_eject = self.fleet.ejected
+        return engine
 
     def _proxy(self, settings: Settings) -> Proxy:
         return Proxy(settings, self.engine, self.upstream, self.admin, self.clock, self.metrics)
@@ -112,6 +122,9 @@ class App:
     # -- lifetime ---------------------------------------------------------------------------
 
     async def startup(self) -> None:
+        if self.fleet is not None:
+            await self.fleet.check()  # wrong credentials end the start-up here
+            self.spawn(self.fleet.run(), "fleet")
         for origin in self.origins:
             self.upstream.add(origin)
         self._start_probes()
@@ -136,6 +149,8 @@ class App:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.fleet is not None:
+            await self.fleet.close()
         await self.upstream.close()
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
@@ -161,18 +176,22 @@ class App:
         }
 
     async def _probe(self, origin: Origin) -> None:
-        engine = self.engine
+        engine, fleet = self.engine, self.fleet
+
+        async def probe() -> ProbeResult | None:
+            if fleet is not None and not fleet.should_probe(origin.name):
+                return None  # another process of the fleet probes this origin
+            return await self.upstream.probe(origin)
+
+        def on_result(result: ProbeResult) -> bool:
+            if fleet is not None:
+                fleet.probed(origin, result)
+            return engine.on_probe(origin, result)
 
         def on_next(delay: float) -> None:
             engine.next_probe_at[origin.name] = self.clock() + delay
 
-        await probe_loop(
-            origin.health,
-            lambda: self.upstream.probe(origin),
-            lambda result: engine.on_probe(origin, result),
-            on_next,
-            self.rng,
-        )
+        await probe_loop(origin.health, probe, on_result, on_next, self.rng)
 
     async def _housekeeping(self) -> None:
         while True:
@@ -192,7 +211,7 @@ class App:
     def apply(self, settings: Settings, trigger: str = "reload") -> None:
         """Swap in a validated config."""
         old = self.settings
-        for key in ("listen", "admin"):
+        for key in ("listen", "admin", "fleet"):
             before, after = getattr(old, key), getattr(settings, key)
             if key == "admin":
                 before, after = before.prefix, after.prefix
@@ -205,11 +224,11 @@ class App:
                     after,
                 )
         previous = self.engine
-        engine = Engine(settings, build_origins(settings), self.events, self.clock, previous)
+        engine = self._engine(settings, previous)
         retired = self.upstream.sync(settings, engine.origins)
         self.settings = settings
         self.engine = engine
-        self._apply_overrides()
+        self.apply_overrides()
         self.proxy = self._proxy(settings)
         if retired:
             grace = settings.timeouts.first_byte + settings.timeouts.idle
@@ -245,20 +264,19 @@ class App:
     # -- operator overrides -----------------------------------------------------------------
 
     def override(self, origin: Origin, action: str, by: str) -> None:
-        self.overrides.set(origin.name, action, by)
+        entry = self.overrides.set(origin.name, action, by)
         self.engine.override(origin, action, by)
+        if self.fleet is not None:
+            self.fleet.override(origin.name, entry)
 
     def load_overrides(self) -> None:
         if self.overrides.load():
-            self._apply_overrides()
+            self.apply_overrides()
 
-    def _apply_overrides(self) -> None:
+    def apply_overrides(self) -> None:
         for origin in self.engine.origins:
-            entry = self.overrides.entries.get(origin.name)
-            if entry is None:
-                self.engine.override(origin, "enable", "the state file")
-            else:
-                self.engine.override(origin, entry["action"], str(entry.get("by", "?")))
+            entry = self.overrides.entries.get(origin.name, {"action": "enable", "by": "default"})
+            self.engine.override(origin, entry["action"], str(entry.get("by", "?")))
 
     # -- metrics ----------------------------------------------------------------------------
 

@@ -104,6 +104,11 @@ def _run(args: argparse.Namespace) -> int:
     settings = _load(path)
     if settings is None:
         return 2
+    if settings.fleet is not None:
+        problem = _check_redis(settings.fleet.redis_url)
+        if problem:
+            print(f"fleet.redis_url: {problem}", file=sys.stderr)
+            return 2
     if args.workers < 1:
         print(f"--workers: {args.workers} is not a positive number", file=sys.stderr)
         return 2
@@ -125,6 +130,24 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _check_redis(url: str) -> str | None:
+    """A wrong password is fatal at start-up; an unreachable Redis is not (the proxy serves
+    alone until it answers)."""
+    import redis
+    from redis.exceptions import AuthenticationError, RedisError, ResponseError
+
+    client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    try:
+        client.ping()
+    except (AuthenticationError, ResponseError) as exc:
+        return f"Redis refused the credentials: {exc}"
+    except (RedisError, OSError):
+        return None
+    finally:
+        client.close()
+    return None
 
 
 def _share_between_workers(settings: Settings, path: Path) -> Settings:

@@ -358,6 +358,21 @@ class EventsConfig(_Block):
         return value
 
 
+class FleetConfig(_Block):
+    redis_url: str
+    key_prefix: str = "failover:"
+    lease: Duration = 5.0
+    publish_interval: Duration = 0.5
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+            raise ValueError(f"{value!r} is not a redis:// or rediss:// URL")
+        return value
+
+
 AllDown = Literal["try-all", "503", "stale"]
 
 
@@ -385,6 +400,7 @@ class Settings(BaseSettings):
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
     events: EventsConfig = EventsConfig()
+    fleet: FleetConfig | None = None
     all_down: AllDown = "try-all"
     shutdown_timeout: Duration = 30.0
 

@@ -43,6 +43,7 @@ class Engine:
         self.next_probe_at: dict[str, float] = {}
         self.selector = Selector(origins, settings.failback, self._switched)
         self.try_all = settings.all_down != "503"
+        self.on_eject: Callable[[Origin, str], None] | None = None  # fleet mode shares these
         if previous is not None:
             self._inherit(previous)
 
@@ -136,11 +137,24 @@ class Engine:
 
     def on_attempt(self, origin: Origin, result: str | int, ttfb: float) -> None:
         """Count one proxied attempt: an HTTP status, or connect-failure, reset, timeout."""
-        now = self.clock()
-        reason = self.outliers[origin.name].record(result, ttfb, now)
+        reason = self.outliers[origin.name].record(result, ttfb, self.clock())
         if reason is not None:
-            duration = self.outliers[origin.name].eject(now)
-            self.set_flag(origin, Flag.EJECTED, True, "ejected", f"{reason} (for {duration:g} s)")
+            self.eject(origin, reason)
+
+    def absorb(self, origin: Origin, total: int, failures: int, slow: int) -> None:
+        """Other processes' attempts at `origin` (fleet mode)."""
+        reason = self.outliers[origin.name].absorb(total, failures, slow, self.clock())
+        if reason is not None:
+            self.eject(origin, f"{reason} across the fleet")
+
+    def eject(self, origin: Origin, reason: str, share: bool = True) -> None:
+        outlier = self.outliers[origin.name]
+        if outlier.ejected_until is not None:
+            return
+        duration = outlier.eject(self.clock())
+        self.set_flag(origin, Flag.EJECTED, True, "ejected", f"{reason} (for {duration:g} s)")
+        if share and self.on_eject is not None:
+            self.on_eject(origin, reason)
 
     def tick(self) -> None:
         """Housekeeping, about once a second: restore ejections where no probe will, and let

@@ -94,16 +94,18 @@ def next_delay(config: HealthConfig, healthy: bool, rng: random.Random) -> float
 
 async def probe_loop(
     config: HealthConfig,
-    probe: Callable[[], Awaitable[ProbeResult]],
+    probe: Callable[[], Awaitable[ProbeResult | None]],
     on_result: Callable[[ProbeResult], bool],
     on_next: Callable[[float], None],
     rng: random.Random,
 ) -> None:
     """Probe at once, then forever at the configured pace.
 
-    `on_result` applies a result and says whether the origin is now healthy (it picks the
-    pace); `on_next` is told the delay before the next probe (for status).
+    `probe` may return None: nothing probed this round (in fleet mode another process holds
+    the origin's lease). `on_result` applies a result and says whether the origin is now
+    healthy (it picks the pace); `on_next` is told the delay before the next probe.
     """
+    healthy = True
     while True:
         try:
             result = await probe()
@@ -112,7 +114,8 @@ async def probe_loop(
         except Exception as exc:  # a bug in the probe must not silently stop probing
             logger.exception("The health probe crashed; counting it as a failure.")
             result = ProbeResult(False, f"probe error: {exc!r}")
-        healthy = on_result(result)
+        if result is not None:
+            healthy = on_result(result)
         delay = next_delay(config, healthy, rng)
         on_next(delay)
         await asyncio.sleep(delay)

@@ -37,6 +37,7 @@ class Outlier:
         self.ejections = 0  # ejections in a row; decays after a quiet max_ejection_time
         self.ejected_until: float | None = None
         self.restored_at: float | None = None
+        self._local = [0, 0, 0]  # this process' own (requests, failures, slow) not yet shared
 
     def record(self, result: Result, ttfb: float, now: float) -> str | None:
         """Count one attempt; return the reason if this origin must now be ejected."""
@@ -51,15 +52,41 @@ class Outlier:
             self._latency[i] = 0.0
         self._totals[i] += 1
         self._latency[i] += ttfb
+        local = self._local
+        local[0] += 1
         if failed:
             self._failures[i] += 1
+            local[1] += 1
             self.consecutive += 1
             self.last_failure = result
         else:
             self.consecutive = 0
         if slow:
             self._slow[i] += 1
+            local[2] += 1
         if not self.config.enabled or self.ejected_until is not None or not (failed or slow):
+            return None
+        return self._verdict(now)
+
+    def take_local(self) -> tuple[int, int, int]:
+        """This process' (requests, failures, slow) since the last call, for the fleet."""
+        total, failures, slow = self._local
+        self._local = [0, 0, 0]
+        return total, failures, slow
+
+    def absorb(self, total: int, failures: int, slow: int, now: float) -> str | None:
+        """Add other processes' counts to the window; return the reason if the combined
+        evidence ejects this origin."""
+        bucket = int(now / self._width)
+        i = bucket % BUCKETS
+        if self._ids[i] != bucket:
+            self._ids[i] = bucket
+            self._totals[i] = self._failures[i] = self._slow[i] = 0
+            self._latency[i] = 0.0
+        self._totals[i] += total
+        self._failures[i] += failures
+        self._slow[i] += slow
+        if not self.config.enabled or self.ejected_until is not None or not (failures or slow):
             return None
         return self._verdict(now)
 

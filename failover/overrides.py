@@ -23,7 +23,11 @@ ACTIONS = ("drain", "disable", "enable")
 
 
 class OverrideStore:
-    """name -> {"action": "drain" | "disable", "by": who, "at": wall-clock seconds}."""
+    """name -> {"action": "drain" | "disable" | "enable", "by": who, "at": wall-clock seconds}.
+
+    An enable is kept too (it means: automatic), so that when two copies meet (a restart, or
+    the fleet after Redis comes back) the newest word on each origin wins.
+    """
 
     def __init__(self, path: str | None, wall_clock: Callable[[], float]) -> None:
         self.path = Path(path) if path else None
@@ -47,18 +51,31 @@ class OverrideStore:
         valid = {
             name: entry
             for name, entry in entries.items()
-            if isinstance(entry, dict) and entry.get("action") in ("drain", "disable")
+            if isinstance(entry, dict) and entry.get("action") in ACTIONS
         }
         changed = valid != self.entries
         self.entries = valid
         return changed
 
-    def set(self, name: str, action: str, by: str) -> None:
-        if action == "enable":
-            self.entries.pop(name, None)
-        else:
-            self.entries[name] = {"action": action, "by": by, "at": self.wall_clock()}
+    def set(self, name: str, action: str, by: str) -> dict[str, Any]:
+        entry = {"action": action, "by": by, "at": self.wall_clock()}
+        self.entries[name] = entry
         self.save()
+        return entry
+
+    def merge(self, others: dict[str, dict[str, Any]]) -> bool:
+        """Take every entry of `others` that is newer than ours; say whether any was."""
+        changed = False
+        for name, entry in others.items():
+            ours = self.entries.get(name)
+            if entry.get("action") in ACTIONS and (
+                ours is None or float(entry.get("at", 0)) > float(ours.get("at", 0))
+            ):
+                self.entries[name] = entry
+                changed = True
+        if changed:
+            self.save()
+        return changed
 
     def save(self) -> None:
         if self.path is None:

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from watchfiles import awatch
+from watchfiles import Change, awatch
 
 from .config import ConfigError, build_settings, read_yaml
 
@@ -69,12 +69,26 @@ class Reloader:
             self.app.load_overrides()
 
     async def watch(self) -> None:
-        folders = {p.parent.resolve() for p in (self.config_path, self.state_file) if p}
+        files = [p for p in (self.config_path, self.state_file) if p is not None]
+        folders = {p.parent.resolve() for p in files}
         folders = {folder for folder in folders if folder.is_dir()}
         if not folders:
             return
+        # Only our files count (other files in the folder, such as logs, change all the time);
+        # `..data` is the symlink a Kubernetes ConfigMap volume swaps on each update.
+        names = {p.name for p in files} | {"..data"}
+
+        def ours(change: Change, path: str) -> bool:
+            return Path(path).name in names
+
+        logging.getLogger("watchfiles").setLevel(logging.WARNING)
         async for _ in awatch(
-            *folders, debounce=100, step=20, stop_event=self.stop, recursive=False
+            *folders,
+            watch_filter=ours,
+            debounce=100,
+            step=20,
+            stop_event=self.stop,
+            recursive=False,
         ):
             try:
                 self.check()

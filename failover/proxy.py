@@ -277,7 +277,7 @@ class Proxy:
 
     def _extra_headers(self, exchange: _Exchange) -> list[tuple[bytes, bytes]]:
         extra: list[tuple[bytes, bytes]] = []
-        if self.attempts_header:
+        if self.attempts_header and exchange.attempts:
             extra.append((b"x-failover-attempts", ", ".join(exchange.attempts).encode()))
         if exchange.not_retried:
             extra.append((b"x-failover-not-retried", exchange.not_retried.encode()))

@@ -44,7 +44,7 @@ def map_error(exc: BaseException, timeout: float) -> UpstreamError:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return UpstreamError("connect-failure", _os_reason(exc.os_error))
     if isinstance(exc, TimeoutError):
-        return UpstreamError("timeout", f"no response within {timeout:g} s")
+        return UpstreamError("timeout", f"no response within {timeout:.3g} s")
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return UpstreamError("reset", "server closed the connection")
     if isinstance(exc, OSError):

@@ -17,10 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
 from .config import ConfigError, Settings, default_config_path, load_config
-from .proxy import ResponseAborted
 
 __all__ = ["main", "uvicorn_config"]
 
@@ -67,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .demo import run_demo
 
     setup_logging(args.log_level)
+    previous = signal.signal(signal.SIGTERM, _stopped)
     try:
         asyncio.run(run_demo(args.port, args.origin_ports[0], args.origin_ports[1]))
     except KeyboardInterrupt:
@@ -74,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"failover demo: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
@@ -112,6 +112,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print(f"--workers: {args.workers} is not a positive number", file=sys.stderr)
         return 2
+    import uvicorn
+
     setup_logging(args.log_level)
     # Workers re-read the config through the factory; they find it through the environment.
     os.environ["FAILOVER_CONFIG"] = str(path.resolve())
@@ -206,6 +208,8 @@ class _AbortedFilter(logging.Filter):
     off a response is already logged by the proxy in one line; drop the duplicate."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        from .proxy import ResponseAborted
+
         exc = record.exc_info[1] if record.exc_info else None
         return not isinstance(exc, ResponseAborted)
 

@@ -64,7 +64,9 @@ async def wait_for(
         await asyncio.sleep(every)
 
 
-def origin_config(name: str, origin: FaultyOrigin | str, priority: int, **extra: Any) -> dict[str, Any]:
+def origin_config(
+    name: str, origin: FaultyOrigin | str, priority: int, **extra: Any
+) -> dict[str, Any]:
     url = origin if isinstance(origin, str) else origin.url
     return {"name": name, "url": url, "priority": priority, **extra}
 

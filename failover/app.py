@@ -25,6 +25,7 @@ from .engine import Engine
 from .events import Event, EventLog
 from .fleet import Fleet
 from .health import ProbeResult, probe_loop
+from .logs import setup_logging
 from .metrics import Metrics
 from .notify import Webhooks
 from .origins import Origin, build_origins
@@ -76,7 +77,7 @@ class App:
             self.events.subscribe(self.fleet.event)
         self.engine = self._engine(settings, None)
         self.apply_overrides()
-        self.proxy = self._proxy(settings)
+        self.proxy = self._proxy(settings, None)
         path = Path(config_path) if config_path else None
         state = Path(settings.admin.state_file) if settings.admin.state_file else None
         self.reloader = Reloader(self, path, state)
@@ -94,8 +95,11 @@ class App:
             engine.on_eject = self.fleet.ejected
         return engine
 
-    def _proxy(self, settings: Settings) -> Proxy:
-        return Proxy(settings, self.engine, self.upstream, self.admin, self.clock, self.metrics)
+    def _proxy(self, settings: Settings, previous: Proxy | None) -> Proxy:
+        proxy = Proxy(settings, self.engine, self.upstream, self.admin, self.clock, self.metrics)
+        if previous is not None and previous.settings.stale == settings.stale:
+            proxy.stale = previous.stale  # a reload keeps the stored copies
+        return proxy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -202,9 +206,11 @@ class App:
                 logger.exception("Housekeeping failed; trying again in %g s.", TICK)
 
     async def _close_later(self, pools: list[Any], delay: float) -> None:
-        await asyncio.sleep(delay)
-        for pool in pools:
-            await pool.close()
+        try:
+            await asyncio.sleep(delay)
+        finally:  # also when shutdown cancels the wait: a pool left open leaks its sockets
+            for pool in pools:
+                await pool.close()
 
     # -- config reload ----------------------------------------------------------------------
 
@@ -229,7 +235,7 @@ class App:
         self.settings = settings
         self.engine = engine
         self.apply_overrides()
-        self.proxy = self._proxy(settings)
+        self.proxy = self._proxy(settings, self.proxy)
         if retired:
             grace = settings.timeouts.first_byte + settings.timeouts.idle
             self.spawn(self._close_later(retired, grace), "close retired pools")
@@ -295,5 +301,6 @@ class App:
 
 def create_app(config_path: str | Path | None = None) -> App:
     """The factory uvicorn's workers call (`failover.app:create_app`)."""
+    setup_logging()
     path = config_path or default_config_path()
     return App(load_config(path), config_path=path)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, Settings, default_config_path, load_config
+from .logs import setup_logging
 
 __all__ = ["main", "uvicorn_config"]
 
@@ -201,26 +202,6 @@ def uvicorn_config(
     if workers > 1:
         options.update(workers=workers, factory=True)
     return options
-
-
-class _AbortedFilter(logging.Filter):
-    """uvicorn logs any exception that ends a response with a traceback. An origin breaking
-    off a response is already logged by the proxy in one line; drop the duplicate."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from .proxy import ResponseAborted
-
-        exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, ResponseAborted)
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("uvicorn.error").addFilter(_AbortedFilter())
 
 
 if __name__ == "__main__":

@@ -495,11 +495,11 @@ class Proxy:
             try:
                 chunk = await content.readany()
                 while chunk:
-                    exchange.bytes_out += len(chunk)
                     if tee is not None and not tee.add(chunk):
                         tee = None  # larger than stale.max_object_bytes: not kept
                     if content.is_eof():
-                        break
+                        break  # the last chunk goes out (and is counted) below
+                    exchange.bytes_out += len(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     if gone is None and (body is None or body.complete):
                         # A long response: watch for the client going away, so that an

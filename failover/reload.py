@@ -82,6 +82,7 @@ class Reloader:
             return Path(path).name in names
 
         logging.getLogger("watchfiles").setLevel(logging.WARNING)
+        self.check()  # whatever changed between start-up and now
         async for _ in awatch(
             *folders,
             watch_filter=ours,

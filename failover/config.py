@@ -95,8 +95,10 @@ class StatusSet:
                 raise ValueError(f"{part!r} in {text!r} is not a status range within 100-599")
             self.ranges.append((first, last))
 
+        self.codes = frozenset(code for lo, hi in self.ranges for code in range(lo, hi + 1))
+
     def __contains__(self, status: object) -> bool:
-        return isinstance(status, int) and any(lo <= status <= hi for lo, hi in self.ranges)
+        return type(status) is int and status in self.codes
 
     def __repr__(self) -> str:
         return f"StatusSet({self.text!r})"

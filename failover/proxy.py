@@ -153,6 +153,7 @@ class Proxy:
         self.origin_header = settings.proxy.origin_header
         self.attempts_header = settings.proxy.attempts_header
         self.via = settings.proxy.via
+        self.via_header = f"1.1 {self.via}".encode()
         self.max_buffered = settings.retry.max_buffered_body
         self.all_down = settings.all_down
         self.hedge_after = settings.retry.hedge_after
@@ -440,22 +441,22 @@ class Proxy:
     def _response_headers(
         self, origin: Origin, response: aiohttp.ClientResponse
     ) -> list[tuple[bytes, bytes]]:
-        raw = response.raw_headers
-        drop: frozenset[bytes] | set[bytes] = HOP_BY_HOP
         out: list[tuple[bytes, bytes]] = []
+        named: set[bytes] = set()  # headers that Connection names: hop-by-hop as well
         via = b""
-        for name, value in raw:
+        for name, value in response.raw_headers:
             lower = name.lower()
-            if lower == b"connection":
-                drop = drop | _connection_tokens(value)
+            if lower in HOP_BY_HOP:
+                if lower == b"connection":
+                    named |= _connection_tokens(value)
             elif lower == b"via":
-                via = value + b", "
-        for name, value in raw:
-            lower = name.lower()
-            if lower in drop or lower == b"via":
-                continue
-            out.append((lower, value))
-        out.append((b"via", via + f"1.1 {self.via}".encode()))
+                via += value + b", "
+            else:
+                out.append((lower, value))
+        named -= HOP_BY_HOP  # usually `Connection: keep-alive`: nothing more to drop
+        if named:
+            out = [pair for pair in out if pair[0] not in named]
+        out.append((b"via", via + self.via_header))
         if self.origin_header:
             out.append((b"x-failover-origin", origin.name_header))
         return out

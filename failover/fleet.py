@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .config import FleetConfig
 from .events import Event
@@ -53,6 +54,15 @@ return 0
 
 class FleetError(Exception):
     """Fleet mode cannot start (e.g. Redis refused the password)."""
+
+
+def _honour_cancel() -> None:
+    """Raise if this task was asked to stop. On Python 3.11 a Redis command can swallow the
+    cancellation (asyncio.wait_for inside redis-py returns the command's result instead), and
+    a loop that went on would keep the app's shutdown waiting forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def describe_redis_error(exc: BaseException) -> str:
@@ -145,6 +155,7 @@ class Fleet:
     async def run(self) -> None:
         """Keep the leases, listen to the bus, share evidence and events; reconnect forever."""
         while True:
+            _honour_cancel()
             if not self.connected:
                 try:
                     await self.redis.ping()
@@ -152,21 +163,27 @@ class Fleet:
                     await asyncio.sleep(1.0)
                     continue
                 await self._joined()
+                _honour_cancel()
+            # Not a TaskGroup: on Python 3.11 one whose task fails leaves this task marked as
+            # cancelling for good, which _honour_cancel would take for a shutdown.
+            parts = (self._leases(), self._listen(), self._share_evidence(), self._share_events())
+            tasks = [asyncio.create_task(part) for part in parts]
             try:
-                async with asyncio.TaskGroup() as group:
-                    group.create_task(self._leases())
-                    group.create_task(self._listen())
-                    group.create_task(self._share_evidence())
-                    group.create_task(self._share_events())
-            except* (RedisError, OSError, TimeoutError) as errors:
-                self._lost(errors.exceptions[0])
-                await asyncio.sleep(1.0)
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            failure = next(task.exception() for task in done)  # they end only by failing
+            if not isinstance(failure, RedisError | OSError | TimeoutError):
+                raise RuntimeError("A fleet task failed.") from failure
+            self._lost(failure)
+            await asyncio.sleep(1.0)
 
     async def _joined(self) -> None:
         """(Re)joined the fleet: reconcile overrides, newest word wins."""
         try:
-            stored: Any = await self.redis.hgetall(self.overrides_key)
-            remote = {k.decode(): json.loads(v) for k, v in stored.items()}
+            remote = await self._stored_overrides()
             local = self.app.overrides.entries
             newer_here = {
                 name: entry
@@ -174,14 +191,22 @@ class Fleet:
                 if float(entry.get("at", 0)) > float(remote.get(name, {}).get("at", 0))
             }
             for name, entry in newer_here.items():
-                await self.redis.hset(self.overrides_key, name, json.dumps(entry))
+                # Stored and published: processes that joined before us read the hash already.
+                await self._write_override(name, entry)
         except (RedisError, OSError) as exc:
             self._lost(exc)
             return
         if not self.connected:
             logger.warning("Joined the fleet through Redis at %s.", self.config.redis_url)
         self.connected = True
-        if self.app.overrides.merge(remote):
+        self._adopt(remote)
+
+    async def _stored_overrides(self) -> dict[str, dict[str, Any]]:
+        stored: Any = await self.redis.hgetall(self.overrides_key)
+        return {k.decode(): json.loads(v) for k, v in stored.items()}
+
+    def _adopt(self, overrides: dict[str, dict[str, Any]]) -> None:
+        if self.app.overrides.merge(overrides):
             self.app.apply_overrides()
 
     def _lost(self, exc: BaseException) -> None:
@@ -198,6 +223,10 @@ class Fleet:
         pause = min(max(self.config.lease / 10, 0.1), 1.0)
         renew = self.redis.register_script(_RENEW)
         while True:
+            _honour_cancel()
+            if not self.connected:
+                # A one-off command (a publish, an events read) failed: rejoin properly.
+                raise RedisConnectionError("a fleet command failed")
             for origin in self.app.origins:
                 if not origin.health.enabled:
                     continue
@@ -209,6 +238,7 @@ class Fleet:
                 elif await self.redis.set(key, self.id, nx=True, px=lease_ms):
                     self.holding.add(origin.name)
                     logger.info("Took the probe lease of %s.", origin.name)
+            _honour_cancel()
             await asyncio.sleep(pause)
 
     async def _release(self, name: str) -> None:
@@ -233,8 +263,13 @@ class Fleet:
         pubsub = self.redis.pubsub()
         await pubsub.subscribe(self.channel)
         try:
+            await pubsub.get_message(timeout=1.0)  # the subscription is confirmed
+            # An override published between our join and our subscription was missed: it is
+            # in the hash.
+            self._adopt(await self._stored_overrides())
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                _honour_cancel()
                 if message is None or message.get("type") != "message":
                     continue
                 try:
@@ -250,8 +285,7 @@ class Fleet:
         kind = message["type"]
         engine = self.app.engine
         if kind == "override":
-            if self.app.overrides.merge({message["origin"]: message["entry"]}):
-                self.app.apply_overrides()
+            self._adopt({message["origin"]: message["entry"]})
             return
         origin = engine.by_name.get(message.get("origin", ""))
         if origin is None:
@@ -267,6 +301,7 @@ class Fleet:
 
     async def _share_evidence(self) -> None:
         while True:
+            _honour_cancel()
             await asyncio.sleep(self.config.publish_interval)
             for origin in self.app.origins:
                 total, failures, slow = self.app.engine.outliers[origin.name].take_local()
@@ -287,6 +322,7 @@ class Fleet:
 
     async def _share_events(self) -> None:
         while True:
+            _honour_cancel()
             event = await self._events.get()
             fields = (event.kind, event.origin, event.old, event.new, event.reason)
             digest = hashlib.sha1("\0".join(fields).encode()).hexdigest()
@@ -299,10 +335,13 @@ class Fleet:
 
     async def _store_override(self, name: str, entry: dict[str, Any]) -> None:
         try:
-            await self.redis.hset(self.overrides_key, name, json.dumps(entry))
-            await self.redis.publish(
-                self.channel,
-                json.dumps({"type": "override", "origin": name, "entry": entry, "from": self.id}),
-            )
+            await self._write_override(name, entry)
         except (RedisError, OSError) as exc:
             self._lost(exc)
+
+    async def _write_override(self, name: str, entry: dict[str, Any]) -> None:
+        await self.redis.hset(self.overrides_key, name, json.dumps(entry))
+        await self.redis.publish(
+            self.channel,
+            json.dumps({"type": "override", "origin": name, "entry": entry, "from": self.id}),
+        )

@@ -322,11 +322,17 @@ class AdminConfig(_Block):
         return value
 
 
+UpstreamClient = Literal["native", "aiohttp"]
+
+
 class ProxyConfig(_Block):
     origin_header: bool = True
     attempts_header: bool = True
     via: str = "failover"
     max_connections_per_origin: int = Field(1000, ge=1)
+    # The HTTP client for upstream requests: "native" is failover.h1 (asyncio + httptools),
+    # "aiohttp" is aiohttp's ClientSession.
+    client: UpstreamClient = "native"
 
 
 class StaleConfig(_Block):

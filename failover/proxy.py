@@ -25,7 +25,7 @@ from .metrics import Metrics
 from .origins import Origin
 from .retry import ClientGone, RequestBody, RetryBudget, RetryPolicy
 from .stale import StaleCache, Tee
-from .upstream import Upstream, UpstreamError
+from .upstream import Upstream, UpstreamError, UpstreamResponse
 
 __all__ = ["HOP_BY_HOP", "Proxy", "ResponseAborted"]
 
@@ -91,7 +91,7 @@ class _Exchange:
         return max(0.0, self.deadline_at - now)
 
 
-_Tried = tuple[aiohttp.ClientResponse | None, str | int]
+_Tried = tuple[UpstreamResponse | None, str | int]
 
 
 _access = logging.getLogger("failover.access")
@@ -286,10 +286,10 @@ class Proxy:
 
     async def _try(
         self, origin: Origin, exchange: _Exchange
-    ) -> tuple[aiohttp.ClientResponse | None, str | int]:
+    ) -> tuple[UpstreamResponse | None, str | int]:
         """One attempt, reported to the engine and noted in the exchange."""
         started = self.clock()
-        response: aiohttp.ClientResponse | None = None
+        response: UpstreamResponse | None = None
         result: str | int
         try:
             response = await self._attempt(origin, exchange, started)
@@ -308,7 +308,7 @@ class Proxy:
 
     async def _hedged(
         self, origin: Origin, exchange: _Exchange
-    ) -> tuple[Origin, aiohttp.ClientResponse | None, str | int]:
+    ) -> tuple[Origin, UpstreamResponse | None, str | int]:
         """Send to `origin`; if it has not answered with headers within `hedge_after`, send the
         same request to the next origin too. The first response with headers wins; the other
         attempt is cancelled, which closes its connection."""
@@ -323,7 +323,7 @@ class Proxy:
         second = asyncio.ensure_future(self._try(second_origin, exchange))
         owners: dict[asyncio.Future[_Tried], Origin] = {first: origin, second: second_origin}
         pending: set[asyncio.Future[_Tried]] = {first, second}
-        outcome: tuple[Origin, aiohttp.ClientResponse | None, str | int] | None = None
+        outcome: tuple[Origin, UpstreamResponse | None, str | int] | None = None
         try:
             while pending and (outcome is None or outcome[1] is None):
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -342,9 +342,7 @@ class Proxy:
         assert outcome is not None
         return outcome
 
-    async def _attempt(
-        self, origin: Origin, exchange: _Exchange, now: float
-    ) -> aiohttp.ClientResponse:
+    async def _attempt(self, origin: Origin, exchange: _Exchange, now: float) -> UpstreamResponse:
         host = exchange.client_host if origin.preserve_host else None
         body = exchange.body
         first_byte = self.first_byte
@@ -439,7 +437,7 @@ class Proxy:
         return out, client_host, has_body, idempotency_key
 
     def _response_headers(
-        self, origin: Origin, response: aiohttp.ClientResponse
+        self, origin: Origin, response: UpstreamResponse
     ) -> list[tuple[bytes, bytes]]:
         out: list[tuple[bytes, bytes]] = []
         named: set[bytes] = set()  # headers that Connection names: hop-by-hop as well
@@ -467,7 +465,7 @@ class Proxy:
         receive: Receive,
         send: Send,
         origin: Origin,
-        response: aiohttp.ClientResponse,
+        response: UpstreamResponse,
         exchange: _Exchange,
         extra: list[tuple[bytes, bytes]],
     ) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from failover import h1
 from failover.faulty import FaultyOrigin
 from tests.conftest import RunningProxy, origin_config, proxy_config, wait_for
 
@@ -539,11 +540,14 @@ async def test_abandoned_downloads_close_upstream_responses(
                     await writer.wait_closed()
 
     await asyncio.wait_for(asyncio.gather(*(abandon() for _ in range(1000))), 20)
-    # aiohttp keeps no public count of the connections it has handed out; `_acquired` is the
-    # set of connections in use and `_conns` the idle keep-alive pool.
-    connector: Any = proxy.app.engine.by_name["primary"].pool.connector
+    pool: Any = proxy.app.engine.by_name["primary"].pool
 
     def settled() -> bool:
+        if isinstance(pool, h1.Pool):
+            return pool.in_use == 0 and origin.stats.open_connections <= pool.idle
+        # aiohttp keeps no public count of the connections it has handed out; `_acquired` is
+        # the set of connections in use and `_conns` the idle keep-alive pool.
+        connector = pool.connector
         idle = sum(len(conns) for conns in connector._conns.values())
         return not connector._acquired and origin.stats.open_connections <= idle
 

@@ -1,0 +1,203 @@
+"""Upstream client benchmark: failover with `proxy.client: aiohttp` against `native` (h1.py).
+
+Usage, from the repository root with the project's virtualenv:
+
+    python tests/bench/clients.py                  # 5 rounds of 5 s per run (~4 min)
+    python tests/bench/clients.py --rounds 3 --duration 3
+
+Needs /usr/sbin/nginx and /usr/bin/wrk; never run by CI, not collected by pytest.
+
+It starts, each on a free port on 127.0.0.1 (helpers shared with throughput.py):
+
+  origin          nginx, 1 worker, keep-alive, serving a 1 KiB and a 1 MiB file
+  aiohttp         `python -m failover run`, one worker, default features, proxy.client aiohttp
+  native          the same with proxy.client native
+  nginx-proxy     nginx, 1 worker, proxy_pass with `keepalive 64` (the reference)
+
+then runs `wrk -t1 -c32 --latency` against each for both objects in interleaved rounds: the
+order of the units rotates each round, and aiohttp and native always run back to back (their
+order alternating), so the native/aiohttp ratio of each round compares like with like. It
+prints the medians over rounds of req/s, p50, p99 and MB/s, the ratio to nginx-proxy, and the
+per-round native/aiohttp ratios with their median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from throughput import (  # a sibling script, found through sys.path
+    NGINX,
+    OBJECTS,
+    REPO,
+    WRK,
+    Processes,
+    Row,
+    Service,
+    fmt_ms,
+    free_port,
+    nginx_proxy_config,
+    origin_config,
+    paired_ratios,
+    run_wrk,
+    verify,
+    wait_ready,
+)
+
+CLIENTS = ("aiohttp", "native")
+UNITS: tuple[tuple[str, ...], ...] = (("origin",), CLIENTS, ("nginx-proxy",))
+
+
+def failover_config(port: int, origin_port: int, client: str) -> str:
+    return f"""
+listen: {{host: 127.0.0.1, port: {port}}}
+origins:
+  - {{name: origin, url: "http://127.0.0.1:{origin_port}"}}
+proxy: {{client: {client}}}
+shutdown_timeout: 5
+"""
+
+
+def round_order(index: int) -> list[str]:
+    shift = index % len(UNITS)
+    units = UNITS[shift:] + UNITS[:shift]
+    return [t for unit in units for t in (unit if index % 2 == 0 else unit[::-1])]
+
+
+def start_all(procs: Processes, workdir: Path, www: Path) -> dict[str, Service]:
+    origin_port = free_port()
+    origin_dir = workdir / "origin"
+    origin_dir.mkdir()
+    (origin_dir / "nginx.conf").write_text(origin_config(origin_dir, origin_port, www))
+    origin = procs.start(
+        "origin",
+        f"http://127.0.0.1:{origin_port}",
+        [NGINX, "-p", str(origin_dir), "-c", str(origin_dir / "nginx.conf")],
+    )
+    wait_ready(origin, "/1k.bin")
+    services = {"origin": origin}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for key in ("FAILOVER_CONFIG", "FAILOVER_PROXY__CLIENT"):
+        env.pop(key, None)
+    for client in CLIENTS:
+        port = free_port()
+        config = workdir / f"{client}.yaml"
+        config.write_text(failover_config(port, origin_port, client))
+        argv = [sys.executable, "-m", "failover", "run", "--config", str(config)]
+        argv += ["--port", str(port), "--log-level", "warning"]
+        services[client] = procs.start(client, f"http://127.0.0.1:{port}", argv, cwd=REPO, env=env)
+    port = free_port()
+    proxy_dir = workdir / "nginx-proxy"
+    proxy_dir.mkdir()
+    (proxy_dir / "nginx.conf").write_text(nginx_proxy_config(proxy_dir, port, origin_port))
+    services["nginx-proxy"] = procs.start(
+        "nginx-proxy",
+        f"http://127.0.0.1:{port}",
+        [NGINX, "-p", str(proxy_dir), "-c", str(proxy_dir / "nginx.conf")],
+    )
+    for name, service in services.items():
+        wait_ready(service, "/_failover/readyz" if name in CLIENTS else "/1k.bin")
+        verify(service, www)
+    return services
+
+
+def report(rows: dict[tuple[str, str], Row], targets: list[str]) -> None:
+    header = (
+        f"{'target':<12} {'object':<6} {'req/s':>9} {'(min-max)':>17} {'p50':>9} {'p99':>9} "
+        f"{'MB/s':>8} {'vs nginx-proxy':>15}"
+    )
+    print(header)
+    print("-" * len(header))
+    for obj in OBJECTS:
+        reference = rows[("nginx-proxy", obj)]
+        for target in targets:
+            row = rows[(target, obj)]
+            rates = [r.requests_per_s for r in row.results]
+            spread = f"({min(rates):,.0f}-{max(rates):,.0f})"
+            ratio = row.rate / reference.rate
+            print(
+                f"{target:<12} {obj:<6} {row.rate:>9,.0f} {spread:>17} "
+                f"{fmt_ms(row.median('p50_ms')):>9} {fmt_ms(row.median('p99_ms')):>9} "
+                f"{row.median('mib_per_s'):>8,.1f} {ratio:>14.3f}x"
+            )
+            for error in sorted({r.errors for r in row.results if r.errors}):
+                print(f"{'':<12} {'':<6} warning: {error}")
+        native, aiohttp = rows[("native", obj)], rows[("aiohttp", obj)]
+        pairs = paired_ratios(native, aiohttp)
+        print(
+            f"native / aiohttp, {obj}, per round (back to back): "
+            f"{', '.join(f'{p:.2f}x' for p in pairs)}; median {statistics.median(pairs):.2f}x"
+        )
+        print()
+
+
+def benchmark(rounds: int, duration: float) -> None:
+    for tool in (NGINX, WRK):
+        if not os.access(tool, os.X_OK):
+            raise SystemExit(f"{tool} is missing; this benchmark needs nginx and wrk")
+    workdir = Path(tempfile.mkdtemp(prefix="failover-clients-"))
+    procs = Processes(workdir)
+    try:
+        workdir.chmod(0o755)  # nginx workers run unprivileged when started as root
+        www = workdir / "www"
+        www.mkdir(mode=0o755)
+        (www / "index.html").write_text("ok\n")
+        for path, size in OBJECTS.values():
+            (www / path.lstrip("/")).write_bytes(os.urandom(size))
+        for item in www.iterdir():
+            item.chmod(0o644)
+        print(
+            f"upstream clients: {rounds} round(s) of wrk -t1 -c32 -d{duration:g}s per target "
+            f"and object; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
+        services = start_all(procs, workdir, www)
+        targets = list(services)
+        rows = {(t, o): Row(t, o) for t in targets for o in OBJECTS}
+        for service in services.values():  # warm pools and caches, unmeasured
+            for path, _ in OBJECTS.values():
+                run_wrk(service.url + path, 1)
+        for index in range(rounds):
+            order = round_order(index)
+            print(f"round {index + 1}/{rounds}: {', '.join(order)}", flush=True)
+            for obj, (path, _) in OBJECTS.items():
+                for target in order:
+                    rows[(target, obj)].results.append(
+                        run_wrk(services[target].url + path, duration)
+                    )
+        print()
+        report(rows, targets)
+        print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+    finally:
+        procs.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="aiohttp against the native upstream client.")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.duration <= 0:
+        parser.error("--rounds must be at least 1 and --duration positive")
+    try:
+        benchmark(args.rounds, args.duration)
+    except KeyboardInterrupt:
+        print("\ninterrupted; every process started here was stopped", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

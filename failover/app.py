@@ -153,6 +153,8 @@ class App:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.metrics is not None:
+            self.metrics.flush()  # with several workers, the last second's counts too
         if self.fleet is not None:
             await self.fleet.close()
         await self.upstream.close()
@@ -202,6 +204,8 @@ class App:
             await asyncio.sleep(TICK)
             try:
                 self.engine.tick()
+                if self.metrics is not None:
+                    self.metrics.flush()
             except Exception:
                 logger.exception("Housekeeping failed; trying again in %g s.", TICK)
 

@@ -8,7 +8,9 @@ The hot path calls `request()` and `attempt()`, which reuse cached label childre
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -80,29 +82,50 @@ class Metrics:
             "Webhook notifications given up on.",
             registry=r,
         )
-        self._requests: dict[tuple[str, int], Counter] = {}
-        self._attempts: dict[tuple[str, str | int], Counter] = {}
-        self._retries: dict[str | int, Counter] = {}
-        self.observe = self.duration.observe
+        # The hot path only adds to plain dicts and lists (no locks, no label look-ups);
+        # `flush` hands the sums to prometheus_client on every scrape and, so that other
+        # workers' files stay current, once a second from the app's housekeeping.
+        self._requests: dict[tuple[str, int], int] = {}
+        self._attempts: dict[tuple[str, str | int], int] = {}
+        self._retries: dict[str | int, int] = {}
+        self._bounds = (*_BUCKETS, float("inf"))
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
 
     def request(self, origin: str, code: int, seconds: float) -> None:
-        child = self._requests.get((origin, code))
-        if child is None:
-            child = self._requests[(origin, code)] = self.requests.labels(origin, str(code))
-        child.inc()
-        self.observe(seconds)
+        key = (origin, code)
+        self._requests[key] = self._requests.get(key, 0) + 1
+        self._counts[bisect_left(self._bounds, seconds)] += 1
+        self._sum += seconds
 
     def attempt(self, origin: str, result: str | int) -> None:
-        child = self._attempts.get((origin, result))
-        if child is None:
-            child = self._attempts[(origin, result)] = self.attempts.labels(origin, str(result))
-        child.inc()
+        key = (origin, result)
+        self._attempts[key] = self._attempts.get(key, 0) + 1
 
     def retry(self, reason: str | int) -> None:
-        child = self._retries.get(reason)
-        if child is None:
-            child = self._retries[reason] = self.retries.labels(str(reason))
-        child.inc()
+        self._retries[reason] = self._retries.get(reason, 0) + 1
+
+    def flush(self) -> None:
+        """Move what the hot path counted into the Prometheus metrics."""
+        requests, self._requests = self._requests, {}
+        for (origin, code), n in requests.items():
+            self.requests.labels(origin, str(code)).inc(n)
+        attempts, self._attempts = self._attempts, {}
+        for (origin, result), n in attempts.items():
+            self.attempts.labels(origin, str(result)).inc(n)
+        retries, self._retries = self._retries, {}
+        for reason, n in retries.items():
+            self.retries.labels(str(reason)).inc(n)
+        counts, self._counts = self._counts, [0] * len(self._bounds)
+        total, self._sum = self._sum, 0.0
+        if any(counts):
+            # prometheus_client has no public way to add many observations at once; its
+            # Histogram keeps one (non-cumulative) value per bucket and one for the sum.
+            histogram: Any = self.duration
+            for value, n in zip(histogram._buckets, counts, strict=True):
+                if n:
+                    value.inc(n)
+            histogram._sum.inc(total)
 
     def origins(self, states: Iterable[tuple[str, bool, bool]]) -> None:
         """Set the per-origin gauges from (name, usable, active) triples."""
@@ -111,6 +134,7 @@ class Metrics:
             self.active.labels(name).set(1 if active else 0)
 
     def exposition(self) -> bytes:
+        self.flush()
         if self.multiprocess:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

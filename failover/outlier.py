@@ -44,12 +44,7 @@ class Outlier:
         failed = isinstance(result, str) or result in self.config.failure_statuses
         threshold = self.config.latency_threshold
         slow = threshold is not None and ttfb > threshold
-        bucket = int(now / self._width)
-        i = bucket % BUCKETS
-        if self._ids[i] != bucket:
-            self._ids[i] = bucket
-            self._totals[i] = self._failures[i] = self._slow[i] = 0
-            self._latency[i] = 0.0
+        i = self._bucket(now)
         self._totals[i] += 1
         self._latency[i] += ttfb
         local = self._local
@@ -68,6 +63,16 @@ class Outlier:
             return None
         return self._verdict(now)
 
+    def _bucket(self, now: float) -> int:
+        """The index of the bucket for `now`, emptied first if it held an older period."""
+        bucket = int(now / self._width)
+        i = bucket % BUCKETS
+        if self._ids[i] != bucket:
+            self._ids[i] = bucket
+            self._totals[i] = self._failures[i] = self._slow[i] = 0
+            self._latency[i] = 0.0
+        return i
+
     def take_local(self) -> tuple[int, int, int]:
         """This process' (requests, failures, slow) since the last call, for the fleet."""
         total, failures, slow = self._local
@@ -77,12 +82,7 @@ class Outlier:
     def absorb(self, total: int, failures: int, slow: int, now: float) -> str | None:
         """Add other processes' counts to the window; return the reason if the combined
         evidence ejects this origin."""
-        bucket = int(now / self._width)
-        i = bucket % BUCKETS
-        if self._ids[i] != bucket:
-            self._ids[i] = bucket
-            self._totals[i] = self._failures[i] = self._slow[i] = 0
-            self._latency[i] = 0.0
+        i = self._bucket(now)
         self._totals[i] += total
         self._failures[i] += failures
         self._slow[i] += slow

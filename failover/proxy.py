@@ -313,11 +313,15 @@ class Proxy:
         same request to the next origin too. The first response with headers wins; the other
         attempt is cancelled, which closes its connection."""
         first = asyncio.ensure_future(self._try(origin, exchange))
-        with contextlib.suppress(TimeoutError):
-            return origin, *(await asyncio.wait_for(asyncio.shield(first), self.hedge_after))
-        second_origin = self.engine.next_after(exchange.tried)
-        if second_origin is None or (not exchange.retrying and not self.budget.allows()):
-            return origin, *(await first)
+        try:
+            with contextlib.suppress(TimeoutError):
+                return origin, *(await asyncio.wait_for(asyncio.shield(first), self.hedge_after))
+            second_origin = self.engine.next_after(exchange.tried)
+            if second_origin is None or (not exchange.retrying and not self.budget.allows()):
+                return origin, *(await first)
+        except asyncio.CancelledError:
+            first.cancel()  # the shielded attempt must not outlive its request
+            raise
         exchange.tried.append(second_origin)
         self._start_retry(exchange, "hedge")
         second = asyncio.ensure_future(self._try(second_origin, exchange))

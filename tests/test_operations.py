@@ -513,6 +513,12 @@ async def test_an_override_reaches_every_worker(tmp_path: Path, make_origin: Any
 
             await wait_for(twenty_from_the_secondary, timeout=2, every=0)
 
+            # Each worker hands its counts to the shared files about once a second.
+            def both_workers_counted() -> bool:
+                per_worker = served_per_worker(metrics_dir, "secondary")
+                return sum(per_worker.values()) == answered.count("secondary")
+
+            await wait_for(both_workers_counted, timeout=5)
             per_worker = served_per_worker(metrics_dir, "secondary")
             assert len(per_worker) == 2 and all(per_worker.values()), per_worker
             text = await get_metrics(client)

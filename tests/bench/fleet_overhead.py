@@ -30,7 +30,6 @@ Ctrl-C or an error.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import os
@@ -43,82 +42,27 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-NGINX = "/usr/sbin/nginx"
-WRK = "/usr/bin/wrk"
-REPO = Path(__file__).resolve().parents[2]
-CONNECTIONS = 32
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from throughput import (  # a sibling script, found through sys.path
+    CONNECTIONS,
+    NGINX,
+    REPO,
+    WRK,
+    Processes,
+    Service,
+    fetch,
+    free_port,
+    origin_config,
+)
+
 MAX_COST = 0.05  # fleet-on may lose at most this share of fleet-off's req/s
-
-
-# -- processes ------------------------------------------------------------------------------
-
-
-@dataclass
-class Service:
-    name: str
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-
-class Processes:
-    """Every process the benchmark starts; `stop_all` terminates and waits for each."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.started: list[Service] = []
-
-    def start(self, name: str, url: str, argv: Sequence[str], **kwargs: object) -> Service:
-        log = self.workdir / f"{name}.log"
-        with log.open("wb") as out:
-            # A session of its own: Ctrl-C reaches only this script, which stops them in order.
-            process = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                **kwargs,  # type: ignore[call-overload]
-            )
-        service = Service(name, url, process, log)
-        self.started.append(service)
-        return service
-
-    def stop_all(self) -> None:
-        for service in reversed(self.started):
-            if service.process.poll() is None:
-                service.process.terminate()
-        for service in reversed(self.started):
-            try:
-                service.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(service.process.pid, signal.SIGKILL)
-                service.process.wait()
-        self.started.clear()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def fetch(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
 
 
 def wait_until(
@@ -169,27 +113,6 @@ def redis_answers(port: int) -> bool:
 # -- starting -------------------------------------------------------------------------------
 
 
-NGINX_CONFIG = """
-daemon off;
-master_process on;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    default_type application/octet-stream;
-    client_body_temp_path {prefix}/client_body;
-    proxy_temp_path {prefix}/proxy_temp;
-    fastcgi_temp_path {prefix}/fastcgi_temp;
-    uwsgi_temp_path {prefix}/uwsgi_temp;
-    scgi_temp_path {prefix}/scgi_temp;
-    keepalive_timeout 65;
-    keepalive_requests 1000000;
-    server {{ listen 127.0.0.1:{port}; root {www}; location / {{ }} }}
-}}
-"""
-
 FAULTY_ORIGIN = """
 import asyncio, sys
 from failover.faulty import FaultyOrigin
@@ -213,7 +136,7 @@ def start_origin(procs: Processes, workdir: Path) -> Origin:
         body = os.urandom(1024)
         (www / "1k.bin").write_bytes(body)
         config = workdir / "nginx.conf"
-        config.write_text(NGINX_CONFIG.format(prefix=workdir, port=port, www=www))
+        config.write_text(origin_config(workdir, port, www))
         argv = [NGINX, "-p", str(workdir), "-c", str(config)]
         origin = Origin(procs.start("origin", url, argv), "nginx", "/1k.bin", body)
     else:

@@ -14,7 +14,8 @@ What it starts, each on a free port on 127.0.0.1, all from a temporary directory
   origin          nginx, 1 worker, keep-alive, serving a 1 KiB and a 1 MiB file
   failover        `python -m failover run`, one worker, default features: active health
                   checks on the origin, passive detection, the x-failover-* headers
-  failover-bare   the same with health checks, passive detection and the attempts header off
+  failover-bare   the same with health checks, passive detection, metrics and the attempts
+                  header off
   nginx-proxy     nginx, 1 worker, proxy_pass to an upstream with `keepalive 64`
   haproxy         HAProxy, `nbthread 1`, `mode http`, `http-reuse always`
 
@@ -236,6 +237,7 @@ shutdown_timeout: 5
         text += """
 health: {enabled: false}
 passive: {enabled: false}
+metrics: {enabled: false}
 proxy: {attempts_header: false}
 """
     return text

@@ -1,24 +1,27 @@
-"""Upstream client benchmark: failover with `proxy.client: aiohttp` against `native` (h1.py).
+"""Two failover configs side by side: by default the upstream clients, aiohttp against native.
 
 Usage, from the repository root with the project's virtualenv:
 
-    python tests/bench/clients.py                  # 5 rounds of 5 s per run (~4 min)
-    python tests/bench/clients.py --rounds 3 --duration 3
+    python tests/bench/compare.py                  # 5 rounds of 5 s per run (~4 min)
+    python tests/bench/compare.py --rounds 3 --duration 3
+    python tests/bench/compare.py --variant metrics-on='{}' \
+        --variant metrics-off='metrics: {enabled: false}'
 
-Needs /usr/sbin/nginx and /usr/bin/wrk; never run by CI, not collected by pytest.
+A variant is NAME=YAML: top-level config keys laid over a minimal config (one origin, the
+defaults for everything else). Needs /usr/sbin/nginx and /usr/bin/wrk; never run by CI, not
+collected by pytest.
 
 It starts, each on a free port on 127.0.0.1 (helpers shared with throughput.py):
 
   origin          nginx, 1 worker, keep-alive, serving a 1 KiB and a 1 MiB file
-  aiohttp         `python -m failover run`, one worker, default features, proxy.client aiohttp
-  native          the same with proxy.client native
+  A, B            `python -m failover run`, one worker each, with the two variants
   nginx-proxy     nginx, 1 worker, proxy_pass with `keepalive 64` (the reference)
 
 then runs `wrk -t1 -c32 --latency` against each for both objects in interleaved rounds: the
-order of the units rotates each round, and aiohttp and native always run back to back (their
-order alternating), so the native/aiohttp ratio of each round compares like with like. It
-prints the medians over rounds of req/s, p50, p99 and MB/s, the ratio to nginx-proxy, and the
-per-round native/aiohttp ratios with their median.
+order of the units rotates each round, and A and B always run back to back (their order
+alternating), so the B/A ratio of each round compares like with like. It prints the medians
+over rounds of req/s, p50, p99 and MB/s, the ratio to nginx-proxy, and the per-round B/A
+ratios with their median.
 """
 
 from __future__ import annotations
@@ -52,27 +55,29 @@ from throughput import (  # a sibling script, found through sys.path
     wait_ready,
 )
 
-CLIENTS = ("aiohttp", "native")
-UNITS: tuple[tuple[str, ...], ...] = (("origin",), CLIENTS, ("nginx-proxy",))
+DEFAULT_VARIANTS = {"aiohttp": "proxy: {client: aiohttp}", "native": "proxy: {client: native}"}
 
 
-def failover_config(port: int, origin_port: int, client: str) -> str:
+def failover_config(port: int, origin_port: int, overlay: str) -> str:
     return f"""
 listen: {{host: 127.0.0.1, port: {port}}}
 origins:
   - {{name: origin, url: "http://127.0.0.1:{origin_port}"}}
-proxy: {{client: {client}}}
 shutdown_timeout: 5
+{overlay}
 """
 
 
-def round_order(index: int) -> list[str]:
-    shift = index % len(UNITS)
-    units = UNITS[shift:] + UNITS[:shift]
+def round_order(index: int, variants: Sequence[str]) -> list[str]:
+    units: list[tuple[str, ...]] = [("origin",), tuple(variants), ("nginx-proxy",)]
+    shift = index % len(units)
+    units = units[shift:] + units[:shift]
     return [t for unit in units for t in (unit if index % 2 == 0 else unit[::-1])]
 
 
-def start_all(procs: Processes, workdir: Path, www: Path) -> dict[str, Service]:
+def start_all(
+    procs: Processes, workdir: Path, www: Path, variants: dict[str, str]
+) -> dict[str, Service]:
     origin_port = free_port()
     origin_dir = workdir / "origin"
     origin_dir.mkdir()
@@ -87,13 +92,13 @@ def start_all(procs: Processes, workdir: Path, www: Path) -> dict[str, Service]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for key in ("FAILOVER_CONFIG", "FAILOVER_PROXY__CLIENT"):
         env.pop(key, None)
-    for client in CLIENTS:
+    for name, overlay in variants.items():
         port = free_port()
-        config = workdir / f"{client}.yaml"
-        config.write_text(failover_config(port, origin_port, client))
+        config = workdir / f"{name}.yaml"
+        config.write_text(failover_config(port, origin_port, overlay))
         argv = [sys.executable, "-m", "failover", "run", "--config", str(config)]
         argv += ["--port", str(port), "--log-level", "warning"]
-        services[client] = procs.start(client, f"http://127.0.0.1:{port}", argv, cwd=REPO, env=env)
+        services[name] = procs.start(name, f"http://127.0.0.1:{port}", argv, cwd=REPO, env=env)
     port = free_port()
     proxy_dir = workdir / "nginx-proxy"
     proxy_dir.mkdir()
@@ -104,12 +109,12 @@ def start_all(procs: Processes, workdir: Path, www: Path) -> dict[str, Service]:
         [NGINX, "-p", str(proxy_dir), "-c", str(proxy_dir / "nginx.conf")],
     )
     for name, service in services.items():
-        wait_ready(service, "/_failover/readyz" if name in CLIENTS else "/1k.bin")
+        wait_ready(service, "/_failover/readyz" if name in variants else "/1k.bin")
         verify(service, www)
     return services
 
 
-def report(rows: dict[tuple[str, str], Row], targets: list[str]) -> None:
+def report(rows: dict[tuple[str, str], Row], targets: list[str], a: str, b: str) -> None:
     header = (
         f"{'target':<12} {'object':<6} {'req/s':>9} {'(min-max)':>17} {'p50':>9} {'p99':>9} "
         f"{'MB/s':>8} {'vs nginx-proxy':>15}"
@@ -130,16 +135,15 @@ def report(rows: dict[tuple[str, str], Row], targets: list[str]) -> None:
             )
             for error in sorted({r.errors for r in row.results if r.errors}):
                 print(f"{'':<12} {'':<6} warning: {error}")
-        native, aiohttp = rows[("native", obj)], rows[("aiohttp", obj)]
-        pairs = paired_ratios(native, aiohttp)
+        pairs = paired_ratios(rows[(b, obj)], rows[(a, obj)])
         print(
-            f"native / aiohttp, {obj}, per round (back to back): "
+            f"{b} / {a}, {obj}, per round (back to back): "
             f"{', '.join(f'{p:.2f}x' for p in pairs)}; median {statistics.median(pairs):.2f}x"
         )
         print()
 
 
-def benchmark(rounds: int, duration: float) -> None:
+def benchmark(rounds: int, duration: float, variants: dict[str, str]) -> None:
     for tool in (NGINX, WRK):
         if not os.access(tool, os.X_OK):
             raise SystemExit(f"{tool} is missing; this benchmark needs nginx and wrk")
@@ -159,14 +163,14 @@ def benchmark(rounds: int, duration: float) -> None:
             f"and object; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}",
             flush=True,
         )
-        services = start_all(procs, workdir, www)
+        services = start_all(procs, workdir, www, variants)
         targets = list(services)
         rows = {(t, o): Row(t, o) for t in targets for o in OBJECTS}
         for service in services.values():  # warm pools and caches, unmeasured
             for path, _ in OBJECTS.values():
                 run_wrk(service.url + path, 1)
         for index in range(rounds):
-            order = round_order(index)
+            order = round_order(index, list(variants))
             print(f"round {index + 1}/{rounds}: {', '.join(order)}", flush=True)
             for obj, (path, _) in OBJECTS.items():
                 for target in order:
@@ -174,7 +178,7 @@ def benchmark(rounds: int, duration: float) -> None:
                         run_wrk(services[target].url + path, duration)
                     )
         print()
-        report(rows, targets)
+        report(rows, targets, *variants)
         print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     finally:
         procs.stop_all()
@@ -182,14 +186,24 @@ def benchmark(rounds: int, duration: float) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="aiohttp against the native upstream client.")
+    parser = argparse.ArgumentParser(description="Two failover configs side by side.")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=YAML",
+        help="give exactly two (default: aiohttp and native upstream clients)",
+    )
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.duration <= 0:
         parser.error("--rounds must be at least 1 and --duration positive")
+    variants = dict(item.partition("=")[::2] for item in args.variant) or DEFAULT_VARIANTS
+    if len(variants) != 2 or "" in variants:
+        parser.error("give --variant NAME=YAML exactly twice, with two different names")
     try:
-        benchmark(args.rounds, args.duration)
+        benchmark(args.rounds, args.duration, variants)
     except KeyboardInterrupt:
         print("\ninterrupted; every process started here was stopped", file=sys.stderr)
         return 130

@@ -4,7 +4,7 @@ Usage, from the repository root with the project's virtualenv:
 
     python tests/bench/compare.py                  # 5 rounds of 5 s per run (~4 min)
     python tests/bench/compare.py --rounds 3 --duration 3
-    python tests/bench/compare.py --variant metrics-on='{}' \
+    python tests/bench/compare.py --variant metrics-on="metrics: {enabled: true}" \
         --variant metrics-off='metrics: {enabled: false}'
 
 A variant is NAME=YAML: top-level config keys laid over a minimal config (one origin, the
@@ -159,7 +159,7 @@ def benchmark(rounds: int, duration: float, variants: dict[str, str]) -> None:
         for item in www.iterdir():
             item.chmod(0o644)
         print(
-            f"upstream clients: {rounds} round(s) of wrk -t1 -c32 -d{duration:g}s per target "
+            f"failover A/B: {rounds} round(s) of wrk -t1 -c32 -d{duration:g}s per target "
             f"and object; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}",
             flush=True,
         )

@@ -40,17 +40,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import (  # a sibling script, found through sys.path
     NGINX,
     OBJECTS,
-    REPO,
     WRK,
     Processes,
     Row,
     Service,
     fmt_ms,
     free_port,
-    nginx_proxy_config,
-    origin_config,
     paired_ratios,
     run_wrk,
+    start_failover,
+    start_nginx_proxy,
+    start_origin,
     verify,
     wait_ready,
 )
@@ -78,36 +78,13 @@ def round_order(index: int, variants: Sequence[str]) -> list[str]:
 def start_all(
     procs: Processes, workdir: Path, www: Path, variants: dict[str, str]
 ) -> dict[str, Service]:
-    origin_port = free_port()
-    origin_dir = workdir / "origin"
-    origin_dir.mkdir()
-    (origin_dir / "nginx.conf").write_text(origin_config(origin_dir, origin_port, www))
-    origin = procs.start(
-        "origin",
-        f"http://127.0.0.1:{origin_port}",
-        [NGINX, "-p", str(origin_dir), "-c", str(origin_dir / "nginx.conf")],
-    )
-    wait_ready(origin, "/1k.bin")
+    origin, origin_port = start_origin(procs, workdir, www)
     services = {"origin": origin}
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for key in ("FAILOVER_CONFIG", "FAILOVER_PROXY__CLIENT"):
-        env.pop(key, None)
     for name, overlay in variants.items():
         port = free_port()
-        config = workdir / f"{name}.yaml"
-        config.write_text(failover_config(port, origin_port, overlay))
-        argv = [sys.executable, "-m", "failover", "run", "--config", str(config)]
-        argv += ["--port", str(port), "--log-level", "warning"]
-        services[name] = procs.start(name, f"http://127.0.0.1:{port}", argv, cwd=REPO, env=env)
-    port = free_port()
-    proxy_dir = workdir / "nginx-proxy"
-    proxy_dir.mkdir()
-    (proxy_dir / "nginx.conf").write_text(nginx_proxy_config(proxy_dir, port, origin_port))
-    services["nginx-proxy"] = procs.start(
-        "nginx-proxy",
-        f"http://127.0.0.1:{port}",
-        [NGINX, "-p", str(proxy_dir), "-c", str(proxy_dir / "nginx.conf")],
-    )
+        config = failover_config(port, origin_port, overlay)
+        services[name] = start_failover(procs, workdir, name, config, port)
+    services["nginx-proxy"] = start_nginx_proxy(procs, workdir, origin_port)
     for name, service in services.items():
         wait_ready(service, "/_failover/readyz" if name in variants else "/1k.bin")
         verify(service, www)

@@ -74,23 +74,10 @@ def main() -> int:
         for path, size in bench.OBJECTS.values():
             (www / path.lstrip("/")).write_bytes(os.urandom(size))
             (www / path.lstrip("/")).chmod(0o644)
-        origin_port, port = bench.free_port(), bench.free_port()
-        origin_dir = workdir / "origin"
-        origin_dir.mkdir()
-        (origin_dir / "nginx.conf").write_text(bench.origin_config(origin_dir, origin_port, www))
-        conf = str(origin_dir / "nginx.conf")
-        origin = procs.start(
-            "origin",
-            f"http://127.0.0.1:{origin_port}",
-            [bench.NGINX, "-p", str(origin_dir), "-c", conf],
-        )
-        bench.wait_ready(origin, args.object)
-        config = workdir / "failover.yaml"
-        config.write_text(bench.failover_config(port, origin_port, True))
-        argv = [sys.executable, "-m", "failover", "run", "--config", str(config)]
-        argv += ["--port", str(port), "--log-level", "warning"]
-        env = {**os.environ, "PYTHONPATH": str(bench.REPO)}
-        proxy = procs.start("failover", f"http://127.0.0.1:{port}", argv, cwd=bench.REPO, env=env)
+        _, origin_port = bench.start_origin(procs, workdir, www)
+        port = bench.free_port()
+        config = bench.failover_config(port, origin_port, True)
+        proxy = bench.start_failover(procs, workdir, "failover", config, port)
         bench.wait_ready(proxy, "/_failover/readyz")
         bench.run_wrk(proxy.url + args.object, 2)  # warm up
         wrk = subprocess.Popen(

@@ -392,38 +392,51 @@ def verify(service: Service, www: Path) -> None:
             )
 
 
-def start_all(procs: Processes, workdir: Path, www: Path) -> dict[str, Service]:
-    origin_port = free_port()
-    origin_dir = workdir / "origin"
-    origin_dir.mkdir()
-    (origin_dir / "nginx.conf").write_text(origin_config(origin_dir, origin_port, www))
-    origin = procs.start(
-        "origin",
-        f"http://127.0.0.1:{origin_port}",
-        [NGINX, "-p", str(origin_dir), "-c", str(origin_dir / "nginx.conf")],
+def start_nginx(procs: Processes, workdir: Path, name: str, config: str, port: int) -> Service:
+    """nginx in the foreground with `config`, its files under `workdir/name`."""
+    prefix = workdir / name
+    prefix.mkdir()
+    (prefix / "nginx.conf").write_text(config)
+    argv = [NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf")]
+    return procs.start(name, f"http://127.0.0.1:{port}", argv)
+
+
+def start_origin(procs: Processes, workdir: Path, www: Path) -> tuple[Service, int]:
+    """The static origin (nginx serving `www`), ready; and its port."""
+    port = free_port()
+    origin = start_nginx(
+        procs, workdir, "origin", origin_config(workdir / "origin", port, www), port
     )
     wait_ready(origin, "/1k.bin")
+    return origin, port
 
-    services = {"origin": origin}
+
+def start_nginx_proxy(procs: Processes, workdir: Path, origin_port: int) -> Service:
+    port = free_port()
+    config = nginx_proxy_config(workdir / "nginx-proxy", port, origin_port)
+    return start_nginx(procs, workdir, "nginx-proxy", config, port)
+
+
+def start_failover(procs: Processes, workdir: Path, name: str, config: str, port: int) -> Service:
+    """`python -m failover run` with `config` (YAML text), one worker."""
+    path = workdir / f"{name}.yaml"
+    path.write_text(config)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("FAILOVER_CONFIG", None)
+    for key in ("FAILOVER_CONFIG", "FAILOVER_PROXY__CLIENT"):
+        env.pop(key, None)
+    argv = [sys.executable, "-m", "failover", "run", "--config", str(path)]
+    argv += ["--port", str(port), "--log-level", "warning"]
+    return procs.start(name, f"http://127.0.0.1:{port}", argv, cwd=REPO, env=env)
+
+
+def start_all(procs: Processes, workdir: Path, www: Path) -> dict[str, Service]:
+    origin, origin_port = start_origin(procs, workdir, www)
+    services = {"origin": origin}
     for name, features in (("failover", True), ("failover-bare", False)):
         port = free_port()
-        config = workdir / f"{name}.yaml"
-        config.write_text(failover_config(port, origin_port, features))
-        argv = [sys.executable, "-m", "failover", "run", "--config", str(config)]
-        argv += ["--port", str(port), "--log-level", "warning"]
-        services[name] = procs.start(name, f"http://127.0.0.1:{port}", argv, cwd=REPO, env=env)
-
-    port = free_port()
-    proxy_dir = workdir / "nginx-proxy"
-    proxy_dir.mkdir()
-    (proxy_dir / "nginx.conf").write_text(nginx_proxy_config(proxy_dir, port, origin_port))
-    services["nginx-proxy"] = procs.start(
-        "nginx-proxy",
-        f"http://127.0.0.1:{port}",
-        [NGINX, "-p", str(proxy_dir), "-c", str(proxy_dir / "nginx.conf")],
-    )
+        config = failover_config(port, origin_port, features)
+        services[name] = start_failover(procs, workdir, name, config, port)
+    services["nginx-proxy"] = start_nginx_proxy(procs, workdir, origin_port)
 
     port = free_port()
     (workdir / "haproxy.cfg").write_text(haproxy_config(port, origin_port))

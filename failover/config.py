@@ -500,7 +500,24 @@ def build_settings(data: dict[str, Any]) -> Settings:
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError([_describe(error) for error in exc.errors()]) from None
+        problems = [_describe(error) for error in exc.errors()]
+        # The duplicate check runs only once every origin is valid; say it now as well, so
+        # that one round of fixes is enough.
+        for problem in _duplicate_names(data):
+            if problem not in problems:
+                problems.append(problem)
+        raise ConfigError(problems) from None
+
+
+def _duplicate_names(data: dict[str, Any]) -> list[str]:
+    origins = data.get("origins")
+    if not isinstance(origins, list):
+        return []
+    names: list[str] = [
+        o["name"] for o in origins if isinstance(o, dict) and isinstance(o.get("name"), str)
+    ]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    return [f"origins: duplicate origin name {name!r}" for name in repeated]
 
 
 def load_config(path: str | Path) -> Settings:

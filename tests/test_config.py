@@ -484,3 +484,16 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
     assert isinstance(settings, Settings)
     with pytest.raises(ValueError, match="frozen"):
         settings.shutdown_timeout = 1.0  # type: ignore[misc]
+
+
+def test_duplicate_names_are_reported_beside_other_problems() -> None:
+    # One round of fixes must be enough: the duplicate is named even while another origin
+    # entry is invalid too.
+    assert problems(
+        {
+            "origins": [
+                {"name": "a", "url": "ftp://x"},
+                {"name": "a", "url": "http://127.0.0.1:9002"},
+            ]
+        }
+    ) == ["origins[0].url: 'ftp://x' is not an http(s) URL", "origins: duplicate origin name 'a'"]

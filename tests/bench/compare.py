@@ -44,9 +44,9 @@ from throughput import (  # a sibling script, found through sys.path
     Processes,
     Row,
     Service,
-    fmt_ms,
     free_port,
     paired_ratios,
+    print_table,
     run_wrk,
     start_failover,
     start_nginx_proxy,
@@ -92,32 +92,14 @@ def start_all(
 
 
 def report(rows: dict[tuple[str, str], Row], targets: list[str], a: str, b: str) -> None:
-    header = (
-        f"{'target':<12} {'object':<6} {'req/s':>9} {'(min-max)':>17} {'p50':>9} {'p99':>9} "
-        f"{'MB/s':>8} {'vs nginx-proxy':>15}"
-    )
-    print(header)
-    print("-" * len(header))
+    print_table(rows, targets)
     for obj in OBJECTS:
-        reference = rows[("nginx-proxy", obj)]
-        for target in targets:
-            row = rows[(target, obj)]
-            rates = [r.requests_per_s for r in row.results]
-            spread = f"({min(rates):,.0f}-{max(rates):,.0f})"
-            ratio = row.rate / reference.rate
-            print(
-                f"{target:<12} {obj:<6} {row.rate:>9,.0f} {spread:>17} "
-                f"{fmt_ms(row.median('p50_ms')):>9} {fmt_ms(row.median('p99_ms')):>9} "
-                f"{row.median('mib_per_s'):>8,.1f} {ratio:>14.3f}x"
-            )
-            for error in sorted({r.errors for r in row.results if r.errors}):
-                print(f"{'':<12} {'':<6} warning: {error}")
         pairs = paired_ratios(rows[(b, obj)], rows[(a, obj)])
         print(
             f"{b} / {a}, {obj}, per round (back to back): "
             f"{', '.join(f'{p:.2f}x' for p in pairs)}; median {statistics.median(pairs):.2f}x"
         )
-        print()
+    print()
 
 
 def benchmark(rounds: int, duration: float, variants: dict[str, str]) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "ConfigError",
     "FailbackConfig",
     "HealthConfig",
+    "LimitsConfig",
     "OriginConfig",
     "PassiveConfig",
     "RetryConfig",
@@ -293,7 +294,20 @@ class TimeoutsConfig(_Block):
     connect: Duration = 2.0
     first_byte: Duration = 10.0
     idle: Duration = 60.0
+    send: Duration = 30.0
     request: OptionalDuration = None
+
+
+class LimitsConfig(_Block):
+    """What one client may send, and how long it may take (see README, Limits and timeouts)."""
+
+    max_header_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_headers: int = Field(100, ge=1, le=10_000)
+    header_timeout: Duration = 10.0
+    idle_timeout: Duration = 60.0
+    body_timeout: Duration = 30.0
+    max_body_bytes: int | None = Field(None, ge=0)
+    max_connections: int = Field(10_000, ge=1)
 
 
 class AdminConfig(_Block):
@@ -402,6 +416,7 @@ class Settings(BaseSettings):
     failback: FailbackConfig = FailbackConfig()
     retry: RetryConfig = RetryConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
+    limits: LimitsConfig = LimitsConfig()
     admin: AdminConfig = AdminConfig()
     proxy: ProxyConfig = ProxyConfig()
     stale: StaleConfig = StaleConfig()

@@ -70,7 +70,7 @@ class App:
             self.events.subscribe(self._count_event)
         self.overrides = OverrideStore(settings.admin.state_file, wall_clock)
         self.overrides.load()
-        self.upstream = Upstream(settings)
+        self.upstream = Upstream(settings, self.metrics.resend if self.metrics else None)
         self.admin = build_admin(self)
         self.fleet = Fleet(self, settings.fleet, wall_clock) if settings.fleet else None
         if self.fleet is not None:

@@ -336,7 +336,9 @@ class AdminConfig(_Block):
         return value
 
 
-UpstreamClient = Literal["native", "aiohttp"]
+# The upstream HTTP client: failover.h1 (asyncio + httptools). The key stays so that configs
+# that name it keep loading.
+UpstreamClient = Literal["native"]
 
 
 class ProxyConfig(_Block):
@@ -344,8 +346,6 @@ class ProxyConfig(_Block):
     attempts_header: bool = True
     via: str = "failover"
     max_connections_per_origin: int = Field(1000, ge=1)
-    # The HTTP client for upstream requests: "native" is failover.h1 (asyncio + httptools),
-    # "aiohttp" is aiohttp's ClientSession.
     client: UpstreamClient = "native"
 
 

@@ -10,16 +10,23 @@ and httptools (the parser uvicorn uses). It does what the proxy's upstream needs
   backpressure (the socket is not read while the consumer is behind);
 - a connection is reused only after a response read to its end, a request body sent in full and
   keep-alive on both sides; in every other case it is closed;
+- an idle connection that the origin closed (or half-closed) is never written to: a request
+  finds it closed before sending a byte and goes out on a new connection, whatever its method;
 - a reused connection that breaks before the first byte of the response (the origin closed it
-  while it was idle) is retried once on a new one, for an idempotent request without a body.
+  while the request was on its way) is retried once on a new one, for an idempotent request
+  whose body (if any) can be sent again;
+- waiting for a free connection is bounded (`acquire_timeout`) and is not the origin's fault:
+  `PoolFull`, never an `OSError`.
 
-Errors are `OSError`s, as the proxy's data path expects of a broken upstream:
+Errors of the origin are `OSError`s, as the proxy's data path expects of a broken upstream:
 
     ConnectError          no connection: refused, unreachable, DNS, TLS, connect timeout
     ServerDisconnected    the origin closed the connection before the response ended
-    InvalidResponse       the origin's bytes are not an HTTP/1.x response
+    InvalidResponse       the origin's bytes are not an HTTP/1.x response (or its status is
+                          outside 100-599, or its head is longer than MAX_HEAD)
     ConnectionResetError  (and the other socket errors, as the socket reports them)
     TimeoutError          no body bytes for `read_timeout` seconds
+    SendTimeout           (a TimeoutError) the origin took no request bytes for `send_timeout`
 """
 
 from __future__ import annotations
@@ -29,8 +36,8 @@ import contextlib
 import socket
 import ssl
 from collections import deque
-from collections.abc import AsyncIterable, Iterable
-from typing import cast
+from collections.abc import AsyncIterable, Callable, Iterable
+from typing import Any, Protocol, cast, runtime_checkable
 from urllib.parse import urlsplit
 
 import httptools
@@ -39,10 +46,13 @@ __all__ = [
     "IDEMPOTENT_METHODS",
     "MAX_HEAD",
     "ConnectError",
+    "Connection",
     "InvalidResponse",
     "Pool",
+    "PoolFull",
     "Response",
     "ResponseBody",
+    "SendTimeout",
     "ServerDisconnected",
 ]
 
@@ -77,13 +87,34 @@ class InvalidResponse(ConnectionError):
     """What the origin sent is not a valid HTTP/1.x response."""
 
 
+class SendTimeout(TimeoutError):
+    """The origin took no request bytes for `send_timeout` seconds."""
+
+
+class PoolFull(Exception):
+    """Every connection of the pool stayed busy for `acquire_timeout` seconds. Not an error of
+    the origin: nothing was sent to it."""
+
+
+class _Closed(Exception):
+    """The connection was found closed before a byte of the request was written."""
+
+
+@runtime_checkable
+class Replayable(Protocol):
+    """A request body that can be sent again from its first byte (`can_replay`)."""
+
+    @property
+    def can_replay(self) -> bool: ...
+
+
 class ResponseBody:
     """The response body as it arrives: `readany()` returns what is buffered (b"" at the end)."""
 
     __slots__ = ("_conn",)
 
-    def __init__(self, conn: _Connection) -> None:
-        self._conn: _Connection | None = conn
+    def __init__(self, conn: Connection) -> None:
+        self._conn: Connection | None = conn
 
     async def readany(self) -> bytes:
         """The next bytes of the body (all that is buffered), b"" once it has ended.
@@ -120,7 +151,7 @@ class Response:
 
     __slots__ = ("content", "raw_headers", "status")
 
-    def __init__(self, conn: _Connection, status: int, raw_headers: RawHeaders) -> None:
+    def __init__(self, conn: Connection, status: int, raw_headers: RawHeaders) -> None:
         self.status = status
         self.raw_headers = raw_headers  # as received: order, case and repeats kept
         self.content = ResponseBody(conn)
@@ -141,7 +172,7 @@ class Response:
             conn.finish(reuse=False)
 
 
-class _Connection(asyncio.Protocol):
+class Connection(asyncio.Protocol):
     """One connection to the origin and the state of the exchange it carries."""
 
     def __init__(self, pool: Pool, loop: asyncio.AbstractEventLoop) -> None:
@@ -152,6 +183,7 @@ class _Connection(asyncio.Protocol):
         self.parser_spent = False  # after a HEAD response (see on_headers_complete)
         self.lost: asyncio.Future[None] = loop.create_future()
         self.closed = False  # connection_lost has run
+        self.eof = False  # the origin half-closed it
         self.reused = False  # it served a response before the current one
         self.idle_since = 0.0
         self.in_idle_list = False
@@ -160,6 +192,7 @@ class _Connection(asyncio.Protocol):
         self.is_head = False
         self.got_bytes = False  # a byte of the response has arrived
         self.head_bytes = 0  # bytes received before the final response headers ended
+        self.head_size = 0  # bytes of the status line and headers of the response so far
         self.headers_waiter: asyncio.Future[Response] | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.headers_done = False
@@ -183,8 +216,8 @@ class _Connection(asyncio.Protocol):
         self, head: bytes, body: AsyncIterable[bytes] | None, chunked: bool, is_head: bool
     ) -> Response:
         """Send the request; return once the final response headers are in."""
-        if self.closed or self.transport is None:
-            raise ServerDisconnected()
+        if self.closed or self.eof or self.transport is None or self.transport.is_closing():
+            raise _Closed()
         if self.parser_spent:
             self.parser = httptools.HttpResponseParser(self)
             self.parser_spent = False
@@ -192,6 +225,7 @@ class _Connection(asyncio.Protocol):
         self.is_head = is_head
         self.got_bytes = False
         self.head_bytes = 0
+        self.head_size = 0
         self.headers = []
         self.headers_done = self.interim = self.complete = False
         self.keep_alive = self.until_eof = False
@@ -219,9 +253,8 @@ class _Connection(asyncio.Protocol):
                     transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
                 else:
                     transport.write(chunk)
-                while self.writing_paused and not self.closed:
-                    self.drainer = self.loop.create_future()
-                    await self.drainer
+                if self.writing_paused and not self.closed:
+                    await self._drain()
             if self.closed:
                 return
             if chunked:
@@ -230,6 +263,19 @@ class _Connection(asyncio.Protocol):
         except Exception as exc:  # the body's source failed (e.g. the client went away)
             self.sender = None  # done: close() must not cancel this very task
             self.fail(exc)
+
+    async def _drain(self) -> None:
+        """Until the origin takes the buffered request bytes; SendTimeout after `send_timeout`."""
+        timeout = self.pool.send_timeout
+        while self.writing_paused and not self.closed:
+            drainer = self.drainer = self.loop.create_future()
+            timer = self.loop.call_later(timeout, _expire, drainer)
+            try:
+                await drainer
+            except TimeoutError:
+                raise SendTimeout(f"the origin took no request bytes for {timeout:g} s") from None
+            finally:
+                timer.cancel()
 
     def take(self) -> bytes:
         """Everything buffered, as one bytes object; reading resumes if it was paused."""
@@ -333,6 +379,9 @@ class _Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self.fail(InvalidResponse("the origin switched protocols"))
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__  # what a callback of ours raised
+            self.fail(cause if isinstance(cause, InvalidResponse) else InvalidResponse(str(exc)))
         except httptools.HttpParserError as exc:
             self.fail(InvalidResponse(str(exc) or type(exc).__name__))
         else:
@@ -340,6 +389,13 @@ class _Connection(asyncio.Protocol):
                 self.head_bytes += len(data)
                 if self.head_bytes > MAX_HEAD:
                     self.fail(InvalidResponse(f"response headers longer than {MAX_HEAD} bytes"))
+
+    def eof_received(self) -> bool:
+        # The origin half-closed: an idle connection leaves the pool at once, before a request
+        # could be written to it; a response delimited by the end of the connection ends.
+        self.eof = True
+        self.pool._lost(self)
+        return False  # the transport closes itself; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -371,19 +427,28 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks ----------------------------------------------------------------
 
+    def on_status(self, status: bytes) -> None:
+        self.head_size += len(status) + 16
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > MAX_HEAD:
+            raise InvalidResponse(f"response headers longer than {MAX_HEAD} bytes")
 
     def on_headers_complete(self) -> None:
         if self.headers_done:
             raise InvalidResponse("a second response to one request")
         parser = self.parser
         status = parser.get_status_code()
+        if not 100 <= status <= 599:
+            raise InvalidResponse(f"invalid status {status:03d}")
         if status < 200:
             # 1xx interim response (100 Continue, 103 Early Hints): skipped. A 101 ends in
             # HttpParserUpgrade, which fails the exchange.
             self.interim = True
             self.headers = []
+            self.head_size = 0
             return
         self.headers_done = True
         headers = tuple(self.headers)
@@ -420,7 +485,7 @@ class _Connection(asyncio.Protocol):
             self._wake_reader()
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
+def _expire(waiter: asyncio.Future[Any]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
 
@@ -475,8 +540,11 @@ class Pool:
         limit: int = 100,
         connect_timeout: float = 2.0,
         read_timeout: float = 60.0,
+        send_timeout: float = 30.0,
+        acquire_timeout: float = 2.0,
         keepalive: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        on_resend: Callable[[], None] | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -490,13 +558,17 @@ class Pool:
         self.limit = limit
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.send_timeout = send_timeout
+        self.acquire_timeout = acquire_timeout
         self.keepalive = keepalive
+        self.on_resend = on_resend
         self.connections_made = 0
+        self.resends = 0  # requests sent again on a new connection (see `request`)
         self.closed = False
         self._open = 0  # connections open or being opened, idle ones included
-        self._idle: list[_Connection] = []  # oldest first; reused from the end
-        self._connections: set[_Connection] = set()
-        self._waiters: deque[asyncio.Future[_Connection | None]] = deque()
+        self._idle: list[Connection] = []  # oldest first; reused from the end
+        self._connections: set[Connection] = set()
+        self._waiters: deque[asyncio.Future[Connection | None]] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
 
     @property
@@ -523,28 +595,57 @@ class Pool:
     ) -> Response:
         """Send a request (`target` as is, headers exactly as given); return the response once
         its headers are in. The caller must `release()` or `close()` the response."""
+        return await self.send(await self.acquire(), method, target, headers, body)
+
+    async def acquire(self) -> Connection:
+        """A connection for one request: idle, new, or the next one freed when the pool is at
+        its limit (PoolFull after `acquire_timeout`). Hand it to `send`."""
+        return await self._acquire(asyncio.get_running_loop())
+
+    async def send(
+        self,
+        conn: Connection,
+        method: str,
+        target: str,
+        headers: Iterable[tuple[str, str]],
+        body: AsyncIterable[bytes] | None = None,
+    ) -> Response:
+        """Send a request on `conn` (from `acquire`); return once the response headers are in.
+
+        A connection found closed before a byte was written is replaced by a new one, whatever
+        the method; one that breaks before any response byte is replaced once for an idempotent
+        request whose body can be sent again (the origin closed it while the request was on its
+        way, and cannot have acted on it)."""
         head, chunked = _request_head(method, target, headers, body is not None)
         loop = asyncio.get_running_loop()
-        conn = await self._acquire(loop)
+        retried = False
         while True:
             try:
                 return await conn.exchange(head, body, chunked, method == "HEAD")
             except BaseException as exc:
-                stale = (
-                    conn.reused
-                    and not conn.got_bytes
-                    and isinstance(exc, OSError)
-                    and not isinstance(exc, TimeoutError)
-                    and body is None
-                    and method in IDEMPOTENT_METHODS
-                )
                 conn.active = False
                 conn.headers_waiter = None
                 conn.close()
-                if not stale:
+                unsent = isinstance(exc, _Closed) and conn.reused
+                stale = (
+                    not retried
+                    and conn.reused
+                    and not conn.got_bytes
+                    and isinstance(exc, OSError)
+                    and not isinstance(exc, TimeoutError)
+                    and method in IDEMPOTENT_METHODS
+                    and (body is None or (isinstance(body, Replayable) and body.can_replay))
+                )
+                if not (unsent or stale):
                     self._drop(conn)
+                    if isinstance(exc, _Closed):
+                        raise ServerDisconnected() from None
                     raise
+                retried = retried or stale
                 self._connections.discard(conn)
+            self.resends += 1
+            if self.on_resend is not None:
+                self.on_resend()
             # The origin had closed the idle connection: the same slot, a new connection.
             try:
                 conn = await self._connect(loop)
@@ -574,13 +675,16 @@ class Pool:
 
     # -- connections ------------------------------------------------------------------------
 
-    async def _acquire(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+    async def _acquire(self, loop: asyncio.AbstractEventLoop) -> Connection:
         if self.closed:
             raise ConnectError("the connection pool was closed")
         idle = self._idle
-        if idle:
+        while idle:
             conn = idle.pop()
             conn.in_idle_list = False
+            if conn.eof or conn.closed:
+                self._drop(conn)  # closed by the origin; connection_lost has not run yet
+                continue
             if loop.time() - conn.idle_since < self.keepalive:
                 return conn
             # The newest idle connection has expired, so have all the others.
@@ -589,14 +693,16 @@ class Pool:
                 stale.in_idle_list = False
                 stale.close()
                 self._drop(stale)
+            break
         if self._open < self.limit:
             self._open += 1
         else:
-            waiter: asyncio.Future[_Connection | None] = loop.create_future()
+            waiter: asyncio.Future[Connection | None] = loop.create_future()
             self._waiters.append(waiter)
+            timer = loop.call_later(self.acquire_timeout, _expire, waiter)
             try:
                 handed = await waiter
-            except BaseException:
+            except BaseException as exc:
                 if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                     # Cancelled just after being handed a connection or a slot: pass it on.
                     passed = waiter.result()
@@ -607,7 +713,14 @@ class Pool:
                 else:
                     with contextlib.suppress(ValueError):
                         self._waiters.remove(waiter)
+                if isinstance(exc, TimeoutError):
+                    raise PoolFull(
+                        f"all {self.limit} connections to {self.name} stayed busy for "
+                        f"{self.acquire_timeout:g} s"
+                    ) from None
                 raise
+            finally:
+                timer.cancel()
             if handed is not None:
                 return handed
         try:
@@ -616,11 +729,11 @@ class Pool:
             self._free_slot()
             raise
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> Connection:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: _Connection(self, loop),
+                    lambda: Connection(self, loop),
                     self.host,
                     self.port,
                     ssl=self.ssl,
@@ -637,7 +750,7 @@ class Pool:
         self._connections.add(conn)
         return conn
 
-    def _put(self, conn: _Connection) -> None:
+    def _put(self, conn: Connection) -> None:
         """A connection ready for its next request: to the first waiter, else to the pool."""
         if self.closed:
             conn.close()
@@ -654,12 +767,12 @@ class Pool:
         if self._sweeper is None:
             self._arm_sweeper()
 
-    def _drop(self, conn: _Connection) -> None:
+    def _drop(self, conn: Connection) -> None:
         """A connection is gone for good (closed by the caller): its slot is free."""
         self._connections.discard(conn)
         self._free_slot()
 
-    def _lost(self, conn: _Connection) -> None:
+    def _lost(self, conn: Connection) -> None:
         """connection_lost: an idle connection that the origin closed leaves the pool."""
         if conn.in_idle_list:
             conn.in_idle_list = False

@@ -71,6 +71,20 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.resends = Counter(
+            "failover_upstream_resends",
+            "Requests sent again on a new connection because the pooled one was found closed "
+            "by the origin before the request reached it.",
+            ["origin"],
+            registry=r,
+        )
+        self.pool_full = Counter(
+            "failover_upstream_pool_full",
+            "Attempts given up because every pooled connection to the origin stayed busy "
+            "(answered 503; not counted against the origin).",
+            ["origin"],
+            registry=r,
+        )
         self.reloads = Counter(
             "failover_config_reloads",
             "Config reloads, by result.",
@@ -101,6 +115,11 @@ class Metrics:
     def attempt(self, origin: str, result: str | int) -> None:
         key = (origin, result)
         self._attempts[key] = self._attempts.get(key, 0) + 1
+        if result == "pool-full":
+            self.pool_full.labels(origin).inc()
+
+    def resend(self, origin: str) -> None:
+        self.resends.labels(origin).inc()
 
     def retry(self, reason: str | int) -> None:
         self._retries[reason] = self._retries.get(reason, 0) + 1

@@ -2,6 +2,11 @@
 
 Requests under the admin prefix go to the admin app; everything else is forwarded to the
 origin the engine picks, and retried on the next one while the response has not started.
+
+What a client does is never counted against an origin: its body is read (up to the replay
+buffer) before an origin is chosen, a client that leaves cancels the request at once (status
+499 in the access log and the metrics, nothing retried), and a body that is too slow or too
+large is answered 408 or 413 by the proxy itself.
 """
 
 from __future__ import annotations
@@ -17,15 +22,13 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
-
 from .config import Settings
 from .engine import Engine
 from .metrics import Metrics
 from .origins import Origin
-from .retry import ClientGone, RequestBody, RetryBudget, RetryPolicy
+from .retry import BodyRejected, ClientGone, RequestBody, RetryBudget, RetryPolicy
 from .stale import StaleCache, Tee
-from .upstream import Upstream, UpstreamError, UpstreamResponse
+from .upstream import BrokenResponse, Upstream, UpstreamError, UpstreamResponse, read_body
 
 __all__ = ["HOP_BY_HOP", "Proxy", "ResponseAborted"]
 
@@ -62,6 +65,12 @@ _REQUEST_DROP = HOP_BY_HOP | {
 }
 _NO_BODY_STATUSES = frozenset({204, 304})
 _HEDGED_METHODS = frozenset({"GET", "HEAD"})
+# nginx's convention for a client that closed the connection before the response started.
+CLIENT_GONE = 499
+# The listener (failover.listener) offers a way to hear of the client's connection closing
+# while its request is in progress, under this key of scope["extensions"].
+DISCONNECT_EXTENSION = "failover.disconnect"
+_NO_EXTENSIONS: dict[str, Any] = {}
 
 
 @dataclass(slots=True)
@@ -83,6 +92,16 @@ class _Exchange:
     tried: list[Origin] = field(default_factory=list)
     attempts: list[str] = field(default_factory=list)  # "name;result", for X-Failover-Attempts
     failures: list[str] = field(default_factory=list)  # "name: detail", for error bodies
+    task: asyncio.Task[Any] | None = None  # the request's task, cancelled if the client leaves
+    gone: bool = False  # the client closed its connection while the request was in progress
+
+    def client_left(self) -> None:
+        """The listener's disconnect callback: stop the request where it is."""
+        task = self.task
+        if task is not None:
+            self.gone = True
+            self.task = None
+            task.cancel()
 
     def remaining(self, now: float) -> float | None:
         """Seconds left before `timeouts.request`, None without one."""
@@ -92,6 +111,9 @@ class _Exchange:
 
 
 _Tried = tuple[UpstreamResponse | None, str | int]
+
+# What the client gets when no attempt produced a response, by the last attempt's result.
+_ERROR_STATUS: dict[str | int, int] = {"timeout": 504, "pool-full": 503}
 
 
 _access = logging.getLogger("failover.access")
@@ -164,6 +186,8 @@ class Proxy:
         self.metrics = metrics
         self.access_log = settings.log.access
         self.retry_after = str(max(1, round(settings.health.interval)))
+        self.body_timeout = settings.limits.body_timeout
+        self.max_body = settings.limits.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -185,19 +209,47 @@ class Proxy:
         if target is None:
             await _plain(send, 400, "request target must be a path such as /index.html")
             return
-        headers, client_host, has_body, idempotency_key = self._request_headers(scope)
-        body = RequestBody(receive, self.max_buffered) if has_body else None
+        headers, client_host, length, idempotency_key = self._request_headers(scope)
+        max_body = self.max_body
+        if max_body is not None and length is not None and length > max_body:
+            await _plain(
+                send,
+                413,
+                f"request body of {length} bytes is over {max_body} (limits.max_body_bytes)",
+                [(b"connection", b"close")],
+            )
+            return
+        body = None
+        if length != 0:
+            body = RequestBody(receive, self.max_buffered, self.body_timeout, max_body)
         exchange = _Exchange(scope["method"], target, headers, client_host, body, idempotency_key)
+        watch = scope.get("extensions", _NO_EXTENSIONS).get(DISCONNECT_EXTENSION)
+        if watch is not None:
+            exchange.task = asyncio.current_task()
+            watch(exchange.client_left)
         started = self.clock()
         if self.request_timeout is not None:
             exchange.deadline_at = started + self.request_timeout
         budget = self.budget
         budget.active += 1
         try:
-            await self._forward(scope, receive, send, exchange)
+            if body is not None:
+                await body.prefetch()  # no origin is involved while the client sends
+            await self._forward(scope, send, exchange)
         except ClientGone:
-            pass  # the client went away while sending its body: nothing left to answer
+            exchange.status = exchange.status or CLIENT_GONE
+        except asyncio.CancelledError:
+            if not exchange.gone:
+                raise  # shutdown, not the client
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            exchange.status = exchange.status or CLIENT_GONE
+        except BodyRejected as rejected:
+            if exchange.status:
+                raise  # the response has started: nothing else can be said
+            exchange.status = rejected.status
+            await _plain(send, rejected.status, rejected.reason, [(b"connection", b"close")])
         finally:
+            exchange.task = None  # the request is over: a late disconnect cancels nothing
             budget.active -= 1
             if exchange.retrying:
                 budget.retries -= 1
@@ -206,9 +258,7 @@ class Proxy:
             if self.access_log:
                 _log_access(scope, exchange, self.clock() - started)
 
-    async def _forward(
-        self, scope: Scope, receive: Receive, send: Send, exchange: _Exchange
-    ) -> None:
+    async def _forward(self, scope: Scope, send: Send, exchange: _Exchange) -> None:
         engine = self.engine
         origin = engine.pick()
         if origin is None:
@@ -262,11 +312,11 @@ class Proxy:
             return
         extra = self._extra_headers(exchange)
         if response is None:
-            exchange.status = 504 if result == "timeout" else 502
+            exchange.status = _ERROR_STATUS.get(result, 502)
             reasons = "; ".join(exchange.failures)
             await _plain(send, exchange.status, f"no origin answered ({reasons})", extra)
             return
-        await self._stream(scope, receive, send, origin, response, exchange, extra)
+        await self._stream(scope, send, origin, response, exchange, extra)
 
     def _start_retry(self, exchange: _Exchange, reason: str | int) -> None:
         """Count this request as a retry in flight (once, whatever number of retries)."""
@@ -300,7 +350,8 @@ class Proxy:
         except asyncio.CancelledError:
             exchange.attempts.append(f"{origin.name};cancelled")
             raise
-        self.engine.on_attempt(origin, result, self.clock() - started)
+        if result != "pool-full":  # a busy pool is ours to fix, not the origin's failure
+            self.engine.on_attempt(origin, result, self.clock() - started)
         if self.metrics is not None:
             self.metrics.attempt(origin.name, result)
         exchange.attempts.append(f"{origin.name};{result}")
@@ -353,7 +404,7 @@ class Proxy:
         remaining = exchange.remaining(now)
         if remaining is not None:
             first_byte = min(first_byte, remaining)
-        deadline = asyncio.timeout(first_byte if body is None else None)
+        deadline = asyncio.timeout(None)  # armed once the request is upstream
         if body is not None:
             loop = asyncio.get_running_loop()
 
@@ -369,7 +420,7 @@ class Proxy:
             exchange.method,
             exchange.target,
             [("Host", host or origin.host_header), *exchange.headers],
-            body.chunks() if body is not None else None,
+            body,
             deadline,
             first_byte,
         )
@@ -398,9 +449,9 @@ class Proxy:
 
     def _request_headers(
         self, scope: Scope
-    ) -> tuple[list[tuple[str, str]], str | None, bool, bool]:
-        """Headers to send upstream (Host comes per origin), the client's Host, whether a body
-        follows, whether an Idempotency-Key was sent."""
+    ) -> tuple[list[tuple[str, str]], str | None, int | None, bool]:
+        """Headers to send upstream (Host comes per origin), the client's Host, the body's
+        length (0 for none, None when chunked), whether an Idempotency-Key was sent."""
         raw: list[tuple[bytes, bytes]] = scope["headers"]
         drop = _REQUEST_DROP
         for name, value in raw:
@@ -410,7 +461,7 @@ class Proxy:
         client_host: str | None = None
         forwarded_for: list[str] = []
         via: list[str] = []
-        has_body = False
+        length: int | None = 0
         idempotency_key = False
         for name, value in raw:
             if name in drop:
@@ -421,10 +472,11 @@ class Proxy:
                 elif name == b"via":
                     via.append(value.decode("latin-1"))
                 elif name == b"transfer-encoding":
-                    has_body = True
+                    length = None
                 continue
             if name == b"content-length":
-                has_body = has_body or value.strip() != b"0"
+                if length is not None:  # the parser has checked that it is a number
+                    length = int(value)
             elif name == b"idempotency-key":
                 idempotency_key = True
             out.append((name.decode("latin-1"), value.decode("latin-1")))
@@ -438,7 +490,7 @@ class Proxy:
             out.append(("X-Forwarded-Host", client_host))
         via.append(f"{scope.get('http_version', '1.1')} {self.via}")
         out.append(("Via", ", ".join(via)))
-        return out, client_host, has_body, idempotency_key
+        return out, client_host, length, idempotency_key
 
     def _response_headers(
         self, origin: Origin, response: UpstreamResponse
@@ -453,7 +505,7 @@ class Proxy:
                     named |= _connection_tokens(value)
             elif lower == b"via":
                 via += value + b", "
-            else:
+            elif lower != b"content-length" or response.status != 204:  # RFC 9110 8.6
                 out.append((lower, value))
         named -= HOP_BY_HOP  # usually `Connection: keep-alive`: nothing more to drop
         if named:
@@ -466,19 +518,17 @@ class Proxy:
     async def _stream(
         self,
         scope: Scope,
-        receive: Receive,
         send: Send,
         origin: Origin,
         response: UpstreamResponse,
         exchange: _Exchange,
         extra: list[tuple[bytes, bytes]],
     ) -> None:
-        """Stream the response to the client; close the upstream response whatever happens.
+        """Stream the response to the client; close the upstream response whatever happens
+        (a client that leaves cancels this task through the listener's disconnect callback).
 
         With stale-if-error on, a GET 200 is copied as it streams (never held back)."""
-        body = exchange.body
         finished = False
-        gone: asyncio.Future[None] | None = None
         headers = self._response_headers(origin, response)
         tee: Tee | None = None
         if self.stale is not None and response.status == 200 and exchange.method == "GET":
@@ -496,7 +546,7 @@ class Proxy:
                 return
             content = response.content
             try:
-                chunk = await content.readany()
+                chunk = await read_body(response)
                 while chunk:
                     if tee is not None and not tee.add(chunk):
                         tee = None  # larger than stale.max_object_bytes: not kept
@@ -504,20 +554,14 @@ class Proxy:
                         break  # the last chunk goes out (and is counted) below
                     exchange.bytes_out += len(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    if gone is None and (body is None or body.complete):
-                        # A long response: watch for the client going away, so that an
-                        # abandoned download stops reading from the origin at once.
-                        gone = asyncio.ensure_future(_disconnected(receive))
-                    elif gone is not None and gone.done():
-                        return
-                    chunk = await content.readany()
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    chunk = await read_body(response)
+            except BrokenResponse as exc:
                 logger.warning(
                     "%s broke off a response to %s %s: %s",
                     origin.name,
                     scope["method"],
                     scope["path"],
-                    exc or type(exc).__name__,
+                    exc,
                 )
                 raise ResponseAborted(f"{origin.name}: {exc}") from exc
             exchange.bytes_out += len(chunk)
@@ -526,8 +570,6 @@ class Proxy:
             if tee is not None and self.stale is not None:
                 self.stale.finish(tee, self.clock())
         finally:
-            if gone is not None and not gone.done():
-                gone.cancel()
             if finished:
                 response.release()
             else:
@@ -541,11 +583,6 @@ class Proxy:
             f"no origin is usable ({states})",
             [(b"retry-after", self.retry_after.encode())],
         )
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 def _target(scope: Scope) -> str | None:

@@ -1,17 +1,20 @@
 """What may be retried, and the request body kept so that a retry can replay it.
 
-A body up to `retry.max_buffered_body` bytes is kept as it streams; a larger one streams through
-without a copy, and once a byte of it has gone upstream it cannot be replayed.
+The body is read from the client before an upstream connection is taken, up to
+`retry.max_buffered_body` bytes or its end; a larger one streams through without a copy, and
+once a byte past the buffer has gone upstream it cannot be replayed. Every wait for the client
+is bounded by `limits.body_timeout`, and `limits.max_body_bytes` caps the whole body.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from .config import RetryConfig
 
-__all__ = ["ClientGone", "RequestBody", "RetryBudget", "RetryPolicy"]
+__all__ = ["BodyRejected", "ClientGone", "RequestBody", "RetryBudget", "RetryPolicy"]
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
@@ -20,12 +23,29 @@ class ClientGone(Exception):
     """The client went away while its request body was being read."""
 
 
+class BodyRejected(Exception):
+    """The client's body broke a limit: `status` is 408 (too slow) or 413 (too large)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
 class RequestBody:
     """The client's request body, read on demand and kept while it fits the replay limit."""
 
-    def __init__(self, receive: Receive, limit: int) -> None:
+    def __init__(
+        self,
+        receive: Receive,
+        limit: int,
+        timeout: float = 30.0,
+        max_bytes: int | None = None,
+    ) -> None:
         self._receive = receive
         self._limit = limit
+        self._timeout = timeout
+        self._max_bytes = max_bytes
         self._kept: list[bytes] = []
         self.size = 0  # bytes read from the client so far
         self.complete = False
@@ -36,20 +56,30 @@ class RequestBody:
     def can_replay(self) -> bool:
         return self.replayable
 
+    async def prefetch(self) -> None:
+        """Read the body up to the replay limit or its end, before any origin is involved."""
+        while not self.complete and self.size <= self._limit:
+            chunk = await self._read()
+            if chunk:
+                self._kept.append(chunk)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.chunks()
+
     async def chunks(self) -> AsyncIterator[bytes]:
         """The whole body from its first byte: what is kept, then the rest from the client."""
         if not self.replayable:
             raise RuntimeError("the request body was streamed upstream already")
-        for chunk in list(self._kept):
+        kept = self._kept
+        if self.size > self._limit:
+            # Read past the limit before sending: sent once from here, never kept again.
+            self.replayable = False
+            self._kept = []
+        for chunk in kept:
             yield chunk
         while not self.complete:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone()
-            chunk = message.get("body", b"")
-            self.complete = not message.get("more_body", False)
+            chunk = await self._read()
             if chunk:
-                self.size += len(chunk)
                 if self.replayable:
                     if self.size <= self._limit:
                         self._kept.append(chunk)
@@ -59,6 +89,26 @@ class RequestBody:
                 yield chunk
         if self.on_complete is not None:
             self.on_complete()
+
+    async def _read(self) -> bytes:
+        """The client's next body bytes, within `body_timeout` and `max_body_bytes`."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                message = await self._receive()
+        except TimeoutError:
+            raise BodyRejected(
+                408, f"no request body bytes for {self._timeout:g} s (limits.body_timeout)"
+            ) from None
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk: bytes = message.get("body", b"")
+        self.complete = not message.get("more_body", False)
+        self.size += len(chunk)
+        if self._max_bytes is not None and self.size > self._max_bytes:
+            raise BodyRejected(
+                413, f"request body over {self._max_bytes} bytes (limits.max_body_bytes)"
+            )
+        return chunk
 
 
 class RetryBudget:

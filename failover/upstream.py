@@ -1,15 +1,18 @@
 """The only module that speaks HTTP to origins.
 
-One keep-alive pool per origin, of the client `proxy.client` names: "native" (the default) is
-`h1.Pool` (asyncio + httptools, about twice aiohttp's request rate through the proxy), "aiohttp"
-an aiohttp `ClientSession` with automatic decompression and automatic headers off. Either way a
-proxy forwards bytes and headers as they came. Every client error is mapped to an
-`UpstreamError` here, in one place:
+One keep-alive pool per origin (`h1.Pool`: asyncio + httptools). A proxy forwards bytes and
+headers as they came. Every client error is mapped to an `UpstreamError` here, in one place:
 
     UpstreamError.kind
       connect-failure   nothing was sent: refused, unreachable, DNS, TLS, connect timeout
-      reset             the connection broke after the request went out
-      timeout           no response headers within `timeouts.first_byte`
+      reset             the connection broke after the request went out, or the origin's
+                        answer is not valid HTTP (e.g. status 999)
+      timeout           no response headers within `timeouts.first_byte`, or the origin took
+                        no request bytes for `timeouts.send`
+      pool-full         every pooled connection to the origin stayed busy for
+                        `timeouts.connect`: not the origin's failure, nothing was sent
+
+`BrokenResponse` is the one error of a response body being read (`ResponseBody.readany`).
 """
 
 from __future__ import annotations
@@ -19,45 +22,15 @@ import errno
 import re
 import socket
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
-from typing import Any, Protocol
-
-import aiohttp
-from yarl import URL
 
 from . import h1
 from .config import HealthConfig, Settings
 from .health import ProbeResult
 from .origins import Origin
 
-__all__ = ["Upstream", "UpstreamError", "UpstreamResponse"]
+__all__ = ["BrokenResponse", "Upstream", "UpstreamError", "UpstreamResponse"]
 
-_SKIP_AUTO_HEADERS = ("User-Agent", "Accept-Encoding", "Accept", "Content-Type")
-
-
-class ResponseContent(Protocol):
-    async def readany(self) -> bytes: ...
-
-    def is_eof(self) -> bool: ...
-
-
-class UpstreamResponse(Protocol):
-    """What the proxy uses of a response, from either client."""
-
-    @property
-    def status(self) -> int: ...
-
-    @property
-    def raw_headers(self) -> tuple[tuple[bytes, bytes], ...]: ...
-
-    @property
-    def content(self) -> ResponseContent: ...
-
-    def release(self) -> Any: ...
-
-    def close(self) -> None: ...
-
-
-Pool = aiohttp.ClientSession | h1.Pool
+UpstreamResponse = h1.Response
 
 
 class UpstreamError(Exception):
@@ -67,27 +40,27 @@ class UpstreamError(Exception):
         self.detail = detail
 
 
+class BrokenResponse(Exception):
+    """The origin broke off a response whose body was being read."""
+
+
 def map_error(exc: BaseException, timeout: float) -> UpstreamError:
-    """Translate a client or socket error into one of our three kinds."""
+    """Translate a client or socket error into one of our kinds."""
     if isinstance(exc, h1.ConnectError):
         reason = exc.reason if exc.os_error is None else _os_reason(exc.os_error)
         return UpstreamError("connect-failure", reason)
+    if isinstance(exc, h1.PoolFull):
+        return UpstreamError("pool-full", str(exc))
     if isinstance(exc, h1.ServerDisconnected):
         return UpstreamError("reset", "server closed the connection")
     if isinstance(exc, h1.InvalidResponse):
         return UpstreamError("reset", f"invalid response: {exc}")
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return UpstreamError("connect-failure", "connect timed out")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamError("connect-failure", _os_reason(exc.os_error))
+    if isinstance(exc, h1.SendTimeout):
+        return UpstreamError("timeout", str(exc))
     if isinstance(exc, TimeoutError):
         return UpstreamError("timeout", f"no response within {timeout:.3g} s")
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return UpstreamError("reset", "server closed the connection")
     if isinstance(exc, OSError):
         return UpstreamError("reset", _os_reason(exc))
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return UpstreamError("reset", f"invalid response: {exc.message}")
     return UpstreamError("reset", str(exc) or type(exc).__name__)
 
 
@@ -101,6 +74,14 @@ def _os_reason(exc: OSError) -> str:
     return (exc.strerror or str(exc) or type(exc).__name__).lower()
 
 
+async def read_body(response: UpstreamResponse) -> bytes:
+    """The next bytes of a response body (b"" at its end); BrokenResponse if it broke off."""
+    try:
+        return await response.content.readany()
+    except (OSError, TimeoutError) as exc:
+        raise BrokenResponse(str(exc) or type(exc).__name__) from exc
+
+
 class Upstream:
     """Connection pools to the origins, owned by the app's lifespan.
 
@@ -109,36 +90,23 @@ class Upstream:
     once their in-flight requests had time to finish.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, on_resend: Callable[[str], None] | None = None) -> None:
         self.settings = settings
-        self.pools: dict[tuple[str, str], Pool] = {}
+        self.on_resend = on_resend
+        self.pools: dict[tuple[str, str], h1.Pool] = {}
 
-    def _pool(self, origin: Origin) -> Pool:
+    def _pool(self, origin: Origin) -> h1.Pool:
         timeouts = self.settings.timeouts
-        if self.settings.proxy.client == "native":
-            return h1.Pool(
-                origin.base,
-                limit=self.settings.proxy.max_connections_per_origin,
-                connect_timeout=timeouts.connect,
-                read_timeout=timeouts.idle,
-                keepalive=min(timeouts.idle, 30.0),
-            )
-        connector = aiohttp.TCPConnector(
+        on_resend = self.on_resend
+        return h1.Pool(
+            origin.base,
             limit=self.settings.proxy.max_connections_per_origin,
-            ttl_dns_cache=60,
-            keepalive_timeout=min(timeouts.idle, 30.0),
-        )
-        return aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=timeouts.connect, sock_read=timeouts.idle
-            ),
-            auto_decompress=False,
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            read_bufsize=2**18,
-            max_field_size=16384,
-            max_line_size=16384,
+            connect_timeout=timeouts.connect,
+            read_timeout=timeouts.idle,
+            send_timeout=timeouts.send,
+            acquire_timeout=timeouts.connect,
+            keepalive=min(timeouts.idle, 30.0),
+            on_resend=None if on_resend is None else lambda: on_resend(origin.name),
         )
 
     def add(self, origin: Origin) -> None:
@@ -149,7 +117,7 @@ class Upstream:
             pool = self.pools[key] = self._pool(origin)
         origin.pool = pool
 
-    def sync(self, settings: Settings, origins: list[Origin]) -> list[Pool]:
+    def sync(self, settings: Settings, origins: list[Origin]) -> list[h1.Pool]:
         """Pools for a new config; returns the pools no origin uses any more (to be closed
         by the caller once in-flight requests had time to finish)."""
         changed = (settings.timeouts, settings.proxy) != (
@@ -184,29 +152,20 @@ class Upstream:
     ) -> UpstreamResponse:
         """Send the request; return once the response headers are in.
 
-        `target` is the raw path and query as the client sent them (never re-encoded).
-        The caller arms `deadline` for the first byte, and must close the response.
+        `target` is the raw path and query as the client sent them (never re-encoded). The
+        wait for a free pooled connection comes first and is not timed: `deadline` (created
+        unarmed) is armed for `first_byte` once a connection is in hand, or, for a request
+        with a body, by the caller once the body has gone upstream. The caller must close
+        the response.
         """
-        pool: Pool = origin.pool
-        if isinstance(pool, h1.Pool):
-            try:
-                async with deadline:
-                    return await pool.request(method, pool.prefix + target, headers, body)
-            except (OSError, TimeoutError) as exc:
-                raise map_error(exc, first_byte) from exc
-        session = pool
+        pool: h1.Pool = origin.pool
         try:
+            conn = await pool.acquire()
             async with deadline:
-                return await session.request(
-                    method,
-                    URL(origin.base + target, encoded=True),
-                    headers=list(headers),
-                    data=body,
-                    allow_redirects=False,
-                    compress=None,
-                    chunked=None,
-                )
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                if body is None:
+                    deadline.reschedule(asyncio.get_running_loop().time() + first_byte)
+                return await pool.send(conn, method, pool.prefix + target, headers, body)
+        except (OSError, TimeoutError, h1.PoolFull) as exc:
             raise map_error(exc, first_byte) from exc
 
     async def probe(self, origin: Origin) -> ProbeResult:
@@ -214,26 +173,18 @@ class Upstream:
         config = origin.health
         headers = {"Host": origin.host_header, "User-Agent": "failover-health-check"}
         headers.update(config.headers)
-        pool: Pool = origin.pool
+        pool: h1.Pool = origin.pool
         try:
             async with asyncio.timeout(config.timeout):
-                if isinstance(pool, h1.Pool):
-                    path = pool.prefix + config.path
-                    response = await pool.request(config.method, path, headers.items())
-                    try:
-                        return await _judge(config, response.status, response.content.read)
-                    finally:
-                        response.release()  # closes the connection unless the body was read
-                async with pool.request(
-                    config.method,
-                    URL(origin.base + config.path, encoded=True),
-                    headers=headers,
-                    allow_redirects=False,
-                ) as answer:
-                    return await _judge(config, answer.status, answer.read)
+                path = pool.prefix + config.path
+                response = await pool.request(config.method, path, headers.items())
+                try:
+                    return await _judge(config, response.status, response.content.read)
+                finally:
+                    response.release()  # closes the connection unless the body was read
         except TimeoutError:
             return ProbeResult(False, f"timeout after {config.timeout:g} s")
-        except (aiohttp.ClientError, OSError) as exc:
+        except (OSError, h1.PoolFull) as exc:
             return ProbeResult(False, map_error(exc, config.timeout).detail)
 
 

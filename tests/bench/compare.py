@@ -1,15 +1,16 @@
-"""Two failover configs side by side: by default the upstream clients, aiohttp against native.
+"""Two failover configs, or two checkouts, side by side.
 
 Usage, from the repository root with the project's virtualenv:
 
-    python tests/bench/compare.py                  # 5 rounds of 5 s per run (~4 min)
-    python tests/bench/compare.py --rounds 3 --duration 3
     python tests/bench/compare.py --variant metrics-on="metrics: {enabled: true}" \
-        --variant metrics-off='metrics: {enabled: false}'
+        --variant metrics-off='metrics: {enabled: false}'      # 5 rounds of 5 s (~4 min)
+    python tests/bench/compare.py --tree before=../base --tree after=.   # code before/after
+    python tests/bench/compare.py --rounds 3 --duration 3 ...
 
 A variant is NAME=YAML: top-level config keys laid over a minimal config (one origin, the
-defaults for everything else). Needs /usr/sbin/nginx and /usr/bin/wrk; never run by CI, not
-collected by pytest.
+defaults for everything else). `--tree NAME=DIR` runs variant NAME from another checkout (its
+own .venv/bin/python when it has one); trees alone compare the code with the same config.
+Needs /usr/sbin/nginx and /usr/bin/wrk; never run by CI, not collected by pytest.
 
 It starts, each on a free port on 127.0.0.1 (helpers shared with throughput.py):
 
@@ -40,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import (  # a sibling script, found through sys.path
     NGINX,
     OBJECTS,
+    REPO,
     WRK,
     Processes,
     Row,
@@ -54,8 +56,6 @@ from throughput import (  # a sibling script, found through sys.path
     verify,
     wait_ready,
 )
-
-DEFAULT_VARIANTS = {"aiohttp": "proxy: {client: aiohttp}", "native": "proxy: {client: native}"}
 
 
 def failover_config(port: int, origin_port: int, overlay: str) -> str:
@@ -76,14 +76,19 @@ def round_order(index: int, variants: Sequence[str]) -> list[str]:
 
 
 def start_all(
-    procs: Processes, workdir: Path, www: Path, variants: dict[str, str]
+    procs: Processes,
+    workdir: Path,
+    www: Path,
+    variants: dict[str, str],
+    trees: dict[str, Path],
 ) -> dict[str, Service]:
     origin, origin_port = start_origin(procs, workdir, www)
     services = {"origin": origin}
     for name, overlay in variants.items():
         port = free_port()
         config = failover_config(port, origin_port, overlay)
-        services[name] = start_failover(procs, workdir, name, config, port)
+        tree = trees.get(name, REPO)
+        services[name] = start_failover(procs, workdir, name, config, port, tree)
     services["nginx-proxy"] = start_nginx_proxy(procs, workdir, origin_port)
     for name, service in services.items():
         wait_ready(service, "/_failover/readyz" if name in variants else "/1k.bin")
@@ -102,7 +107,9 @@ def report(rows: dict[tuple[str, str], Row], targets: list[str], a: str, b: str)
     print()
 
 
-def benchmark(rounds: int, duration: float, variants: dict[str, str]) -> None:
+def benchmark(
+    rounds: int, duration: float, variants: dict[str, str], trees: dict[str, Path]
+) -> None:
     for tool in (NGINX, WRK):
         if not os.access(tool, os.X_OK):
             raise SystemExit(f"{tool} is missing; this benchmark needs nginx and wrk")
@@ -122,7 +129,7 @@ def benchmark(rounds: int, duration: float, variants: dict[str, str]) -> None:
             f"and object; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}",
             flush=True,
         )
-        services = start_all(procs, workdir, www, variants)
+        services = start_all(procs, workdir, www, variants, trees)
         targets = list(services)
         rows = {(t, o): Row(t, o) for t in targets for o in OBJECTS}
         for service in services.values():  # warm pools and caches, unmeasured
@@ -151,18 +158,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="NAME=YAML",
-        help="give exactly two (default: aiohttp and native upstream clients)",
+        help="a config overlay per variant; two variants in all",
+    )
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="run variant NAME from the checkout DIR (default: this one)",
     )
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.duration <= 0:
         parser.error("--rounds must be at least 1 and --duration positive")
-    variants = dict(item.partition("=")[::2] for item in args.variant) or DEFAULT_VARIANTS
+    trees = {name: Path(path).resolve() for name, path in (t.split("=", 1) for t in args.tree)}
+    variants = dict(item.partition("=")[::2] for item in args.variant)
+    for name in trees:
+        variants.setdefault(name, "")
     if len(variants) != 2 or "" in variants:
-        parser.error("give --variant NAME=YAML exactly twice, with two different names")
+        parser.error("name two variants in all (--variant NAME=YAML or --tree NAME=DIR)")
     try:
-        benchmark(args.rounds, args.duration, variants)
+        benchmark(args.rounds, args.duration, variants, trees)
     except KeyboardInterrupt:
         print("\ninterrupted; every process started here was stopped", file=sys.stderr)
         return 130

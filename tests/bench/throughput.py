@@ -417,16 +417,20 @@ def start_nginx_proxy(procs: Processes, workdir: Path, origin_port: int) -> Serv
     return start_nginx(procs, workdir, "nginx-proxy", config, port)
 
 
-def start_failover(procs: Processes, workdir: Path, name: str, config: str, port: int) -> Service:
-    """`python -m failover run` with `config` (YAML text), one worker."""
+def start_failover(
+    procs: Processes, workdir: Path, name: str, config: str, port: int, tree: Path = REPO
+) -> Service:
+    """`python -m failover run` with `config` (YAML text), one worker, from the checkout
+    `tree` (with its own .venv when it has one)."""
     path = workdir / f"{name}.yaml"
     path.write_text(config)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(tree)}
     for key in ("FAILOVER_CONFIG", "FAILOVER_PROXY__CLIENT"):
         env.pop(key, None)
-    argv = [sys.executable, "-m", "failover", "run", "--config", str(path)]
-    argv += ["--port", str(port), "--log-level", "warning"]
-    return procs.start(name, f"http://127.0.0.1:{port}", argv, cwd=REPO, env=env)
+    python = tree / ".venv" / "bin" / "python"
+    argv = [str(python) if python.exists() else sys.executable, "-m", "failover", "run"]
+    argv += ["--config", str(path), "--port", str(port), "--log-level", "warning"]
+    return procs.start(name, f"http://127.0.0.1:{port}", argv, cwd=tree, env=env)
 
 
 def start_all(procs: Processes, workdir: Path, www: Path) -> dict[str, Service]:

@@ -600,7 +600,26 @@ class Pool:
     async def acquire(self) -> Connection:
         """A connection for one request: idle, new, or the next one freed when the pool is at
         its limit (PoolFull after `acquire_timeout`). Hand it to `send`."""
-        return await self._acquire(asyncio.get_running_loop())
+        return self.idle_connection() or await self._acquire(asyncio.get_running_loop())
+
+    def idle_connection(self) -> Connection | None:
+        """An idle connection ready for a request, if the pool has one (no waiting)."""
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            conn.in_idle_list = False
+            if conn.eof or conn.closed:
+                self._drop(conn)  # closed by the origin; connection_lost has not run yet
+                continue
+            if conn.loop.time() - conn.idle_since < self.keepalive:
+                return conn
+            # The newest idle connection has expired, so have all the others.
+            expired, idle[:] = [conn, *idle], []
+            for stale in expired:
+                stale.in_idle_list = False
+                stale.close()
+                self._drop(stale)
+        return None
 
     async def send(
         self,
@@ -676,24 +695,10 @@ class Pool:
     # -- connections ------------------------------------------------------------------------
 
     async def _acquire(self, loop: asyncio.AbstractEventLoop) -> Connection:
+        """A new connection, or one handed over by another request (the idle ones are taken
+        by `idle_connection`)."""
         if self.closed:
             raise ConnectError("the connection pool was closed")
-        idle = self._idle
-        while idle:
-            conn = idle.pop()
-            conn.in_idle_list = False
-            if conn.eof or conn.closed:
-                self._drop(conn)  # closed by the origin; connection_lost has not run yet
-                continue
-            if loop.time() - conn.idle_since < self.keepalive:
-                return conn
-            # The newest idle connection has expired, so have all the others.
-            expired, idle[:] = [conn, *idle], []
-            for stale in expired:
-                stale.in_idle_list = False
-                stale.close()
-                self._drop(stale)
-            break
         if self._open < self.limit:
             self._open += 1
         else:

@@ -404,13 +404,14 @@ class Proxy:
         remaining = exchange.remaining(now)
         if remaining is not None:
             first_byte = min(first_byte, remaining)
-        deadline = asyncio.timeout(None)  # armed once the request is upstream
+        deadline = None
         if body is not None:
+            # The first-byte clock starts once the whole request is upstream (unless the
+            # response came before the body ended).
+            deadline = asyncio.timeout(None)
             loop = asyncio.get_running_loop()
 
             def body_sent() -> None:
-                # The first-byte clock starts once the whole request is upstream (unless the
-                # response came before the body ended).
                 with contextlib.suppress(RuntimeError):
                     deadline.reschedule(loop.time() + first_byte)
 
@@ -421,8 +422,8 @@ class Proxy:
             exchange.target,
             [("Host", host or origin.host_header), *exchange.headers],
             body,
-            deadline,
             first_byte,
+            deadline,
         )
 
     async def _serve_stale(self, scope: Scope, send: Send, exchange: _Exchange) -> bool:

@@ -147,23 +147,21 @@ class Upstream:
         target: str,
         headers: Iterable[tuple[str, str]],
         body: AsyncIterable[bytes] | None,
-        deadline: asyncio.Timeout,
         first_byte: float,
+        deadline: asyncio.Timeout | None = None,
     ) -> UpstreamResponse:
         """Send the request; return once the response headers are in.
 
         `target` is the raw path and query as the client sent them (never re-encoded). The
-        wait for a free pooled connection comes first and is not timed: `deadline` (created
-        unarmed) is armed for `first_byte` once a connection is in hand, or, for a request
-        with a body, by the caller once the body has gone upstream. The caller must close
-        the response.
+        wait for a free pooled connection comes first and is not timed as the origin's: the
+        first-byte clock starts once a connection is in hand, unless the caller passes its
+        own `deadline` (created unarmed, armed by the caller once a request body has gone
+        upstream). The caller must close the response.
         """
         pool: h1.Pool = origin.pool
         try:
-            conn = await pool.acquire()
-            async with deadline:
-                if body is None:
-                    deadline.reschedule(asyncio.get_running_loop().time() + first_byte)
+            conn = pool.idle_connection() or await pool.acquire()
+            async with deadline or asyncio.timeout(first_byte):
                 return await pool.send(conn, method, pool.prefix + target, headers, body)
         except (OSError, TimeoutError, h1.PoolFull) as exc:
             raise map_error(exc, first_byte) from exc

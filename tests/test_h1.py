@@ -626,9 +626,7 @@ def test_only_the_native_client_is_accepted() -> None:
 
 
 async def open_get(upstream: Upstream, origin: Origin, target: str) -> Any:
-    return await upstream.open(
-        origin, "GET", target, [("Host", origin.host_header)], None, asyncio.timeout(None), 2.0
-    )
+    return await upstream.open(origin, "GET", target, [("Host", origin.host_header)], None, 2.0)
 
 
 # -- uvloop, as `failover run` uses it ------------------------------------------------------

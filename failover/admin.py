@@ -24,7 +24,7 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
-from .dashboard import DASHBOARD
+from .dashboard import dashboard_page
 from .metrics import CONTENT_TYPE
 from .overrides import ACTIONS
 
@@ -130,8 +130,10 @@ def build_admin(app: App) -> Starlette:
             return _plain(404, "metrics are off (metrics.enabled: false)")
         return Response(app.metrics.exposition(), media_type=CONTENT_TYPE)
 
+    page, page_headers = dashboard_page(prefix)
+
     async def dashboard(request: Request) -> Response:
-        return HTMLResponse(DASHBOARD.replace("{{prefix}}", prefix))
+        return HTMLResponse(page, headers=page_headers)
 
     async def override(request: Request) -> Response:
         token = app.settings.admin.token

@@ -306,12 +306,29 @@ class FaultyOrigin:
         if path.startswith("/delay/"):
             return await self._delay(path.removeprefix("/delay/"))
         if path.startswith("/cache/"):
-            response = self._text(f"{self.name}:{path}")
-            cache_control = request.query.get("cc")
-            if cache_control is not None:
-                response.headers["Cache-Control"] = cache_control
-            return response
+            return self._cacheable(request)
         return self._text(self.name)
+
+    def _cacheable(self, request: web.BaseRequest) -> web.Response:
+        """Answer `/cache/...` with the caching headers its query asks for: `cc` becomes
+        Cache-Control, `cookie` Set-Cookie and `vary` Vary; the body names the origin, the
+        path and the value of each request header that `vary` names."""
+        query = request.query
+        text = f"{self.name}:{request.path}"
+        headers = self._headers()
+        vary = query.get("vary")
+        if vary is not None:
+            headers["Vary"] = vary
+            for name in (n.strip() for n in vary.split(",")):
+                if name and name != "*":
+                    text += f" {name.lower()}={request.headers.get(name, '-')}"
+        cache_control = query.get("cc")
+        if cache_control is not None:
+            headers["Cache-Control"] = cache_control
+        cookie = query.get("cookie")
+        if cookie is not None:
+            headers["Set-Cookie"] = cookie
+        return web.Response(text=text, headers=headers)
 
     async def _bytes(self, request: web.BaseRequest, size_text: str) -> web.StreamResponse:
         """Stream the byte pattern with a Content-Length, honouring a single Range."""

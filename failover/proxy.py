@@ -141,8 +141,8 @@ def _log_access(scope: Scope, exchange: _Exchange, duration: float) -> None:
     )
 
 
-def _stale_key(exchange: _Exchange) -> str:
-    return f"{exchange.client_host or ''}{exchange.target}"
+def _stale_key(scope: Scope, exchange: _Exchange) -> tuple[str, str, str]:
+    return StaleCache.key(scope.get("scheme", "http"), exchange.client_host, exchange.target)
 
 
 class ResponseAborted(Exception):
@@ -431,7 +431,7 @@ class Proxy:
         if self.stale is None or exchange.method != "GET":
             return False
         now = self.clock()
-        entry = self.stale.lookup(_stale_key(exchange), scope["headers"], now)
+        entry = self.stale.lookup(_stale_key(scope, exchange), scope["headers"], now)
         if entry is None:
             return False
         headers = [
@@ -533,7 +533,7 @@ class Proxy:
         headers = self._response_headers(origin, response)
         tee: Tee | None = None
         if self.stale is not None and response.status == 200 and exchange.method == "GET":
-            key = _stale_key(exchange)
+            key = _stale_key(scope, exchange)
             tee = self.stale.begin(key, scope["headers"], headers, origin.name_header)
         headers.extend(extra)
         exchange.status, exchange.origin = response.status, origin.name

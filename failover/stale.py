@@ -5,9 +5,16 @@ When every attempt fails, the proxy answers with the stored copy instead of the 
 a buffer in front of it); a copy that grows past `max_object_bytes` is dropped. Pure: the
 caller passes `now`.
 
+The copies are served to any client, so this is a shared cache (RFC 9111 section 3.5). Never
+stored: a response with `Set-Cookie`, `Vary: *`, or Cache-Control `no-store`, `private` or
+`no-cache`; a response to a request with `Authorization` unless Cache-Control says `public`,
+`s-maxage` or `must-revalidate`. A copy is keyed by scheme, Host (case-insensitive) and target,
+and by the request headers its `Vary` names.
+
 How long a copy may be served: its `stale-if-error` window after its freshness lifetime
-(`max-age`/`s-maxage`) when the origin gave one, else `stale.max_age`; never beyond
-`stale.max_age`.
+(`max-age`/`s-maxage`) when the origin gave one; else, with `must-revalidate`,
+`proxy-revalidate` or `s-maxage` (which forbid serving it stale), its freshness lifetime;
+else `stale.max_age`. Never beyond `stale.max_age`.
 """
 
 from __future__ import annotations
@@ -18,12 +25,19 @@ from dataclasses import dataclass, field
 
 from .config import StaleConfig
 
-__all__ = ["Entry", "StaleCache", "Tee"]
+__all__ = ["Entry", "Key", "StaleCache", "Tee"]
 
 Headers = list[tuple[bytes, bytes]]
+Key = tuple[str, str, str]  # scheme, Host in lower case, target: a tuple, so none can collide
 
 # Headers the proxy sets on each answer; a stale answer gets its own.
 _PER_RESPONSE = frozenset({b"age", b"x-failover-attempts", b"x-failover-origin"})
+# Cache-Control directives that forbid a shared cache to keep the response at all.
+_NEVER_STORED = frozenset({"no-store", "private", "no-cache"})
+# Directives that let a shared cache keep a response to a request with Authorization.
+_SHARED_DESPITE_AUTHORIZATION = frozenset({"public", "s-maxage", "must-revalidate"})
+# Directives that forbid serving the response once stale (unless stale-if-error says so).
+_NOT_SERVED_STALE = frozenset({"must-revalidate", "proxy-revalidate", "s-maxage"})
 
 
 @dataclass
@@ -40,7 +54,7 @@ class Entry:
 class Tee:
     """A response being copied as it streams; `add` returns False once it is too large."""
 
-    key: str
+    key: Key
     headers: Headers
     servable_for: float
     origin: bytes
@@ -69,6 +83,14 @@ def _directives(headers: Headers) -> dict[str, str]:
     return found
 
 
+def _fields(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """Request header fields by (lower-case) name; repeated fields joined as one list."""
+    found: dict[bytes, bytes] = {}
+    for name, value in headers:
+        found[name] = found[name] + b", " + value if name in found else value
+    return found
+
+
 def _seconds(text: str | None) -> float | None:
     if text is None:
         return None
@@ -82,35 +104,46 @@ class StaleCache:
     def __init__(self, config: StaleConfig) -> None:
         self.config = config
         self.size = 0
-        self._entries: OrderedDict[str, list[Entry]] = OrderedDict()
+        self._entries: OrderedDict[Key, list[Entry]] = OrderedDict()
+
+    @staticmethod
+    def key(scheme: str, host: str | None, target: str) -> Key:
+        """The key of a request: scheme, Host compared case-insensitively, target."""
+        return (scheme, (host or "").lower(), target)
 
     def begin(
         self,
-        key: str,
+        key: Key,
         request_headers: Iterable[tuple[bytes, bytes]],
         headers: Headers,
         origin: bytes,
     ) -> Tee | None:
         """Start copying a GET 200 response, or None if it may not be stored."""
         directives = _directives(headers)
-        if "no-store" in directives or "private" in directives:
+        if not _NEVER_STORED.isdisjoint(directives):
+            return None
+        sent = _fields(request_headers)
+        if b"authorization" in sent and _SHARED_DESPITE_AUTHORIZATION.isdisjoint(directives):
             return None
         vary_names: list[bytes] = []
         for name, value in headers:
+            if name == b"set-cookie":
+                return None
             if name == b"vary":
                 vary_names.extend(v.strip().lower() for v in value.split(b",") if v.strip())
         if b"*" in vary_names:
             return None
         max_age = self.config.max_age
+        fresh = _seconds(directives.get("s-maxage") or directives.get("max-age")) or 0.0
         window = _seconds(directives.get("stale-if-error"))
         if window is not None:
-            fresh = _seconds(directives.get("s-maxage") or directives.get("max-age")) or 0.0
             servable = min(max_age, fresh + window)
+        elif not _NOT_SERVED_STALE.isdisjoint(directives):
+            servable = min(max_age, fresh)
         else:
             servable = max_age
         if servable <= 0:
             return None
-        sent = dict(request_headers)
         vary = tuple((name, sent.get(name)) for name in vary_names)
         kept = [(n, v) for n, v in headers if n not in _PER_RESPONSE]
         limit = min(self.config.max_object_bytes, self.config.max_bytes)
@@ -132,13 +165,13 @@ class StaleCache:
             self.size -= sum(len(e.body) for e in evicted)
 
     def lookup(
-        self, key: str, request_headers: Iterable[tuple[bytes, bytes]], now: float
+        self, key: Key, request_headers: Iterable[tuple[bytes, bytes]], now: float
     ) -> Entry | None:
         """A copy that may still be served for this request, or None."""
         variants = self._entries.get(key)
         if not variants:
             return None
-        sent = dict(request_headers)
+        sent = _fields(request_headers)
         for entry in variants:
             matches = all(sent.get(name) == value for name, value in entry.vary)
             if matches and now - entry.stored_at <= entry.servable_for:

@@ -69,7 +69,17 @@ async def test_the_dashboard_follows_a_failover(make_origin: Any, make_proxy: An
             page = await browser.new_page(viewport={"width": 1280, "height": 800})
             problems: list[str] = []
             page.on("pageerror", lambda error: problems.append(str(error)))
-            await page.goto(f"{proxy.url}/_failover/")
+            # Anything the Content-Security-Policy blocks shows up as a console error.
+            page.on(
+                "console",
+                lambda message: problems.append(message.text) if message.type == "error" else None,
+            )
+            loaded = await page.goto(f"{proxy.url}/_failover/")
+            assert loaded is not None
+            headers = await loaded.all_headers()
+            assert headers["content-security-policy"].startswith("default-src 'none'; ")
+            assert headers["x-frame-options"] == "DENY"
+            assert headers["x-content-type-options"] == "nosniff"
 
             rows = page.locator("#origins tbody tr")
             primary_row = page.locator('#origins tr[data-origin="primary"]')

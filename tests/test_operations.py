@@ -4,10 +4,13 @@ metrics, the access log and webhooks, with real origins and the real proxy on lo
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
+import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -572,6 +575,33 @@ async def test_a_client_outside_admin_allow_gets_403(make_origin: Any, make_prox
         refused = await proxy.client.get(f"{PREFIX}{endpoint}", headers=outside)
         assert refused.status_code == 403
         assert "192.0.2.7 is not in admin.allow" in refused.text
+
+
+async def test_the_dashboard_is_sent_with_a_strict_content_security_policy(
+    make_origin: Any, make_proxy: Any
+) -> None:
+    primary = await make_origin("primary")
+    secondary = await make_origin("secondary")
+    proxy: RunningProxy = await make_proxy(two_origins(primary, secondary))
+    response = await proxy.client.get(f"{PREFIX}/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    policy = dict(
+        part.strip().partition(" ")[::2]
+        for part in response.headers["content-security-policy"].split(";")
+    )
+    assert policy["default-src"] == "'none'"
+    assert policy["connect-src"] == "'self'"
+    assert policy["frame-ancestors"] == "'none'"
+    assert "unsafe" not in response.headers["content-security-policy"]
+    # Exactly the page's own inline script and style are allowed, by their hashes.
+    for tag in ("script", "style"):
+        inline = re.findall(rf"<{tag}>(.*?)</{tag}>", response.text, re.DOTALL)
+        assert len(inline) == 1, tag
+        digest = base64.b64encode(hashlib.sha256(inline[0].encode()).digest()).decode()
+        assert policy[f"{tag}-src"] == f"'sha256-{digest}'"
 
 
 # --- metrics ---------------------------------------------------------------------------------

@@ -12,11 +12,12 @@ import pytest
 
 from failover.config import RetryConfig, StaleConfig
 from failover.retry import ClientGone, RequestBody, RetryBudget, RetryPolicy
-from failover.stale import StaleCache
+from failover.stale import Key, StaleCache
 
 Headers = list[tuple[bytes, bytes]]
 T0 = 1000.0
-KEY = "example.com/page"
+KEY = StaleCache.key("http", "example.com", "/page")
+AUTHORIZED: Headers = [(b"authorization", b"Bearer alice")]
 
 
 # -- StaleCache ---------------------------------------------------------------------------
@@ -38,7 +39,7 @@ def store(
     stale: StaleCache,
     body: bytes,
     *,
-    key: str = KEY,
+    key: Key = KEY,
     headers: Headers | None = None,
     request: Headers | None = None,
     now: float = T0,
@@ -65,7 +66,7 @@ def test_stored_copy_is_served_with_its_headers_and_body() -> None:
     assert entry.origin == b"cdn-a"
     # The origin's Age is dropped: the proxy sends an Age of its own.
     assert entry.headers == response_headers("max-age=60", (b"etag", b'"v1"'))
-    assert stale.lookup("example.com/other", [], T0 + 5) is None
+    assert stale.lookup(StaleCache.key("http", "example.com", "/other"), [], T0 + 5) is None
 
 
 def test_per_response_headers_are_not_stored() -> None:
@@ -80,18 +81,102 @@ def test_per_response_headers_are_not_stored() -> None:
 
 
 @pytest.mark.parametrize(
-    "cache_control", ["no-store", "private", 'private="set-cookie"', "max-age=60, No-Store"]
+    "cache_control",
+    [
+        "no-store",
+        "private",
+        'private="set-cookie"',
+        "max-age=60, No-Store",
+        "no-cache",
+        "public, max-age=60, no-cache",
+    ],
 )
-def test_no_store_and_private_are_never_stored(cache_control: str) -> None:
+def test_no_store_private_and_no_cache_are_never_stored(cache_control: str) -> None:
     stale = cache()
     assert not store(stale, b"secret", headers=response_headers(cache_control))
     assert stale.lookup(KEY, [], T0) is None
     assert stale.size == 0
 
 
-def test_vary_star_is_never_stored() -> None:
+@pytest.mark.parametrize("vary", [b"*", b"Accept-Language, *"])
+def test_vary_star_is_never_stored(vary: bytes) -> None:
     stale = cache()
-    assert not store(stale, b"x", headers=response_headers(None, (b"vary", b"*")))
+    assert not store(stale, b"x", headers=response_headers("public", (b"vary", vary)))
+    assert stale.lookup(KEY, [], T0) is None
+
+
+@pytest.mark.parametrize("cache_control", [None, "public, max-age=60"])
+def test_a_response_that_sets_a_cookie_is_never_stored(cache_control: str | None) -> None:
+    stale = cache()
+    headers = response_headers(cache_control, (b"set-cookie", b"session=alice"))
+    assert not store(stale, b"alice's page", headers=headers)
+    assert stale.lookup(KEY, [], T0) is None
+    assert stale.size == 0
+
+
+@pytest.mark.parametrize("cache_control", [None, "max-age=60", "max-age=60, stale-if-error=60"])
+def test_a_response_to_a_request_with_authorization_is_not_stored(
+    cache_control: str | None,
+) -> None:
+    stale = cache()
+    headers = response_headers(cache_control)
+    assert not store(stale, b"alice's page", headers=headers, request=AUTHORIZED)
+    assert stale.lookup(KEY, [], T0) is None
+    assert stale.lookup(KEY, AUTHORIZED, T0) is None
+    # The control: the same response to a request without Authorization is kept.
+    assert store(stale, b"anyone's page", headers=headers)
+
+
+@pytest.mark.parametrize(
+    "cache_control", ["public", "Public, max-age=60", "s-maxage=60", "max-age=60, must-revalidate"]
+)
+def test_authorization_is_stored_when_the_response_says_it_is_shared(cache_control: str) -> None:
+    stale = cache()
+    headers = response_headers(cache_control)
+    assert store(stale, b"shared", headers=headers, request=AUTHORIZED)
+    entry = stale.lookup(KEY, [], T0 + 30)  # served to a client without Authorization too
+    assert entry is not None
+    assert entry.body == b"shared"
+
+
+@pytest.mark.parametrize(
+    "cache_control",
+    ["max-age=60, must-revalidate", "max-age=60, proxy-revalidate", "max-age=5, s-maxage=60"],
+)
+def test_a_response_that_forbids_serving_it_stale_is_served_only_while_fresh(
+    cache_control: str,
+) -> None:
+    stale = cache(max_age=3600)
+    assert store(stale, b"x", headers=response_headers(cache_control))
+    assert stale.lookup(KEY, [], T0 + 60) is not None
+    assert stale.lookup(KEY, [], T0 + 60.5) is None
+
+
+@pytest.mark.parametrize("cache_control", ["must-revalidate", "proxy-revalidate, max-age=0"])
+def test_a_response_that_must_be_revalidated_at_once_is_not_stored(cache_control: str) -> None:
+    stale = cache()
+    assert not store(stale, b"x", headers=response_headers(cache_control))
+
+
+def test_stale_if_error_overrides_must_revalidate() -> None:
+    stale = cache(max_age=3600)
+    headers = response_headers("max-age=60, must-revalidate, stale-if-error=30")
+    assert store(stale, b"x", headers=headers)
+    assert stale.lookup(KEY, [], T0 + 90) is not None
+    assert stale.lookup(KEY, [], T0 + 90.5) is None
+
+
+def test_the_key_compares_host_without_case_and_keeps_its_parts_apart() -> None:
+    key = StaleCache.key
+    assert key("http", "Example.COM", "/x") == key("http", "example.com", "/x")
+    assert key("http", None, "/x") == key("http", "", "/x")
+    stale = cache()
+    assert store(stale, b"example.com/x/y", key=key("http", "example.com", "/x/y"))
+    assert stale.lookup(key("http", "EXAMPLE.com", "/x/y"), [], T0) is not None
+    # Host "example.com/x" with target "/y" is another resource, as is another scheme.
+    assert stale.lookup(key("http", "example.com/x", "/y"), [], T0) is None
+    assert stale.lookup(key("https", "example.com", "/x/y"), [], T0) is None
+    assert stale.lookup(key("http", "example.com:80", "/x/y"), [], T0) is None
 
 
 def test_without_stale_if_error_a_copy_lasts_max_age() -> None:
@@ -156,6 +241,17 @@ def test_vary_on_an_absent_request_header_matches_only_its_absence() -> None:
     assert stale.lookup(KEY, [(b"accept-encoding", b"gzip")], T0) is None
 
 
+def test_vary_compares_repeated_request_fields_as_one_list() -> None:
+    stale = cache()
+    headers = response_headers(None, (b"vary", b"Accept-Language"))
+    sent = [(b"accept-language", b"fr"), (b"accept-language", b"en")]
+    assert store(stale, b"x", headers=headers, request=sent)
+    assert stale.lookup(KEY, sent, T0) is not None
+    assert stale.lookup(KEY, [(b"accept-language", b"fr, en")], T0) is not None
+    assert stale.lookup(KEY, [(b"accept-language", b"en")], T0) is None
+    assert stale.lookup(KEY, [(b"accept-language", b"fr")], T0) is None
+
+
 def test_a_new_copy_replaces_the_old_one() -> None:
     stale = cache()
     assert store(stale, b"old" * 10)
@@ -178,12 +274,13 @@ def test_response_over_max_object_bytes_is_not_kept() -> None:
 
 def test_least_recently_used_copies_are_evicted_past_max_bytes() -> None:
     stale = cache(max_bytes=3000, max_object_bytes=3000)
-    for name in ("a", "b", "c"):
-        assert store(stale, b"x" * 1000, key=name)
-    assert stale.lookup("a", [], T0) is not None  # "a" is now the most recently used
-    assert store(stale, b"y" * 1000, key="d")
-    assert stale.lookup("b", [], T0) is None
-    assert [k for k in ("a", "c", "d") if stale.lookup(k, [], T0) is not None] == ["a", "c", "d"]
+    a, b, c, d = (StaleCache.key("http", "example.com", f"/{name}") for name in "abcd")
+    for key in (a, b, c):
+        assert store(stale, b"x" * 1000, key=key)
+    assert stale.lookup(a, [], T0) is not None  # "a" is now the most recently used
+    assert store(stale, b"y" * 1000, key=d)
+    assert stale.lookup(b, [], T0) is None
+    assert [k for k in (a, c, d) if stale.lookup(k, [], T0) is not None] == [a, c, d]
     assert stale.size == 3000
 
 

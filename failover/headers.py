@@ -1,0 +1,144 @@
+"""Response header rewriting that keeps the client on the proxy. Pure: no I/O.
+
+`LocationRewriter` does what nginx's `proxy_redirect default` does. An origin that redirects
+to its own absolute address (`Location: http://10.0.0.5:8080/login`) would send the client
+straight past the proxy; in `Location`, `Content-Location` and `Refresh` the origin's own
+address is put back to the scheme and Host the client used (`http://www.example.com/login`).
+
+What counts as "the origin's own address": the scheme, host and port of the origin's URL (the
+default port written or not, the host in any case), or the Host the proxy sends it (its
+`host_header`) with the origin URL's scheme. The origin URL's path prefix is removed as well
+(origin `http://o/prefix`: `http://o/prefix/a` -> `http://<client host>/a`); a URL on the same
+host outside that prefix is not reachable through the proxy and is left alone, as nginx does.
+Relative URLs (`/a`, `a`) and URLs to other hosts or in another scheme are never touched: a
+redirect from `http://site/` to `https://site/` stays what it is. A scheme-relative URL
+(`//o/a`) is rewritten to `//<client host>/a`.
+
+The hot path: the caller compares each response header's lower-case name with
+`LOCATION_HEADERS` (a set lookup) and calls `rewrite` only for those, so a response without
+them costs nothing more.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+__all__ = ["LOCATION_HEADERS", "LocationRewriter"]
+
+LOCATION_HEADERS = frozenset({b"location", b"content-location", b"refresh"})
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# `Refresh: 5; url=http://...` (also `5;URL='...'`, `5, url=...` and `5; http://...`).
+_REFRESH = re.compile(rb"""(\s*[0-9.]+\s*[;,]\s*(?:url\s*=\s*)?['"]?)([^'"\s]+)(.*)""", re.I | re.S)
+_END_OF_HOST = frozenset(b"/?#")
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _authorities(host: str, port: int, default_port: int) -> list[str]:
+    """The ways `host:port` may be written in a URL: the default port may be left out."""
+    host = _bracketed(host.lower())
+    spelled = [f"{host}:{port}"]
+    if port == default_port:
+        spelled.append(host)
+    return spelled
+
+
+class LocationRewriter:
+    """Rewrites one origin's absolute URLs in Location-type headers to the client's view.
+
+    Built once per origin (and per config): `origin_url` is the origin's URL (`scheme://host
+    [:port][/prefix]`), `host_headers` the Host values the proxy may send it (its configured
+    `host_header`, a route's `host_header`). Do not pass the client's own Host here (when the
+    origin's Host is the client's, its URLs already point at the proxy).
+    """
+
+    __slots__ = ("_absolute", "_prefix", "_relative")
+
+    def __init__(self, origin_url: str, host_headers: Iterable[str] = ()) -> None:
+        parts = urlsplit(origin_url)
+        scheme = parts.scheme.lower()
+        if scheme not in _DEFAULT_PORTS or not parts.hostname:
+            raise ValueError(f"{origin_url!r} is not an http(s) URL")
+        default_port = _DEFAULT_PORTS[scheme]
+        authorities = _authorities(parts.hostname, parts.port or default_port, default_port)
+        for value in host_headers:
+            named = urlsplit(f"//{value.strip()}")
+            if not named.hostname:
+                continue
+            try:
+                port = named.port or default_port
+            except ValueError:
+                continue
+            authorities.extend(_authorities(named.hostname, port, default_port))
+        # Longest first, so that `host:8080` is tried before `host`.
+        unique = sorted(set(authorities), key=len, reverse=True)
+        self._absolute = tuple(f"{scheme}://{a}".encode() for a in unique)
+        self._relative = tuple(f"//{a}".encode() for a in unique)
+        self._prefix = parts.path.rstrip("/").encode()
+
+    def rewrite(
+        self,
+        name: bytes,
+        value: bytes,
+        client_scheme: str,
+        client_host: str | None,
+        mount: str = "",
+    ) -> bytes | None:
+        """The header's new value, or None to keep it as it is.
+
+        `name`: the header's name in lower case, one of `LOCATION_HEADERS`. `client_scheme`
+        and `client_host`: the scheme and the Host header (port included) of the client's
+        request; without a Host nothing is rewritten. `mount`: a path prefix the route stripped
+        from the client's path (`Match.stripped`), put back in front of the path."""
+        if not client_host:
+            return None
+        if name == b"refresh":
+            found = _REFRESH.fullmatch(value)
+            if found is None:
+                return None
+            url = self.rewrite_url(found.group(2), client_scheme, client_host, mount)
+            if url is None:
+                return None
+            return found.group(1) + url + found.group(3)
+        return self.rewrite_url(value, client_scheme, client_host, mount)
+
+    def rewrite_url(
+        self, value: bytes, client_scheme: str, client_host: str, mount: str = ""
+    ) -> bytes | None:
+        """One URL (a Location value), rewritten if it points at this origin; else None."""
+        url = value.strip()
+        if url[:1] == b"/":
+            if url[1:2] != b"/":
+                return None  # a path: already on the proxy
+            candidates = self._relative
+            head = b"//"
+        else:
+            candidates = self._absolute
+            head = client_scheme.encode("latin-1") + b"://"
+        lowered = url[:256].lower()
+        for candidate in candidates:
+            if lowered.startswith(candidate):
+                end = len(candidate)
+                if end == len(url) or url[end] in _END_OF_HOST:
+                    break
+        else:
+            return None
+        rest = url[end:]
+        prefix = self._prefix
+        if prefix:
+            if not rest.startswith(prefix):
+                return None
+            after = len(prefix)
+            if after < len(rest) and rest[after] not in _END_OF_HOST:
+                return None  # `/prefixed`, not `/prefix/...`
+            rest = rest[after:]
+        if mount:
+            rest = mount.encode("latin-1") + (rest if rest[:1] == b"/" else b"/" + rest)
+        elif rest[:1] != b"/":
+            rest = b"/" + rest
+        return head + client_host.encode("latin-1") + rest

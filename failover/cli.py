@@ -88,12 +88,23 @@ def _load(path: Path) -> Settings | None:
 
 
 def _check(path: Path) -> int:
-    settings = _load(path)
+    try:
+        settings = _load(path)
+    except Exception as exc:  # a bug in validation still ends in one line, never a traceback
+        print(f"{path}: cannot check: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 2
     if settings is None:
         return 2
+    for line in settings.warnings():
+        print(f"warning: {line}", file=sys.stderr)
     origins = ", ".join(f"{o.name} (priority {o.priority})" for o in settings.origins)
     print(f"{path}: ok; origins: {origins}")
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 200 else f"{text[:200]}..."
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -116,6 +127,8 @@ def _run(args: argparse.Namespace) -> int:
     import uvicorn
 
     setup_logging(args.log_level)
+    for line in settings.warnings():
+        logging.getLogger("failover").warning("%s", line)
     # Workers re-read the config through the factory; they find it through the environment.
     os.environ["FAILOVER_CONFIG"] = str(path.resolve())
     if args.workers == 1:

@@ -2,20 +2,28 @@
 
 `load_config(path)` is the one entry point. It raises `ConfigError`, whose `problems` are
 lines of the form `origins[1].url: 'ftp://x' is not an http(s) URL`, one per problem.
-Nothing here does I/O beyond reading the file.
+Nothing here does I/O beyond reading the file (configfile.py, with its bounds) and a stat of
+`admin.state_file`.
+
+Every value `check` accepts, `run` can start with: numbers are finite with sane ranges,
+durations at most a year, and strings that end up in HTTP heads (methods, paths, header names
+and values, Host, Via) hold no control characters. `Settings.warnings()` names what is valid
+but unwise (a short admin token); `failover check` prints those lines and `run` logs them.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
+import math
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -24,9 +32,30 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from .configfile import (
+    MAX_CONFIG_BYTES,
+    MAX_DEPTH,
+    MAX_NODES,
+    ConfigFileError,
+    file_kind,
+    load_yaml,
+    quote,
+)
 
 __all__ = [
+    "MAX_CONFIG_BYTES",
+    "MAX_DEPTH",
+    "MAX_DURATION",
+    "MAX_NODES",
+    "MIN_TOKEN_LENGTH",
     "AdminConfig",
     "ConfigError",
     "FailbackConfig",
@@ -42,12 +71,28 @@ __all__ = [
     "default_config_path",
     "load_config",
     "parse_duration",
+    "read_yaml",
 ]
 
-_DURATION = re.compile(r"^\s*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(ms|s|m|h)?\s*$")
+MAX_DURATION = 365 * 86400.0  # a year: every duration is finite and at most this long
+MAX_PROBLEMS = 50  # problem lines reported at once
+MAX_REGEX = 4096  # characters in health.expect_body
+MAX_HEAD_VALUE = 8192  # characters in a URL, probe path or header value sent upstream
+MIN_TOKEN_LENGTH = 16  # a shorter admin.token is a warning
+
+_DURATION = re.compile(r"\s*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(ms|s|m|h)?\s*", re.ASCII)
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# Every pattern below is used with fullmatch: `$` would also accept a trailing newline.
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_PREFIX = re.compile(r"(?:/[A-Za-z0-9_-]+)+/?")
+_PORT = r"(?::[0-9]{1,5})?"
+_HOST = re.compile(r"(?:[A-Za-z0-9._~%!$&'()*+,;=-]+|\[[0-9A-Fa-f:.]+\])" + _PORT)
+_VIA = re.compile(r"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+|\[[0-9A-Fa-f:.]+\])" + _PORT)
+_LISTEN_HOST = re.compile(r"[A-Za-z0-9._:%-]+")
+_VISIBLE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
+_PATH = re.compile(r"/[\x21-\x7e]*")
+_FIELD_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")  # no control characters but tab
 
 
 class ConfigError(Exception):
@@ -58,22 +103,36 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+_NOT_A_DURATION = "is not a duration (seconds, or e.g. '500ms', '2s', '1m')"
+
+
 def parse_duration(value: Any) -> Any:
-    """Seconds as a number, or a string such as `500ms`, `2s`, `1.5m`, `1h`."""
+    """Seconds as a number, or a string such as `500ms`, `2s`, `1.5m`, `1h`; finite, at most
+    a year (negative and zero are left to the field's own bound)."""
     if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a duration (seconds, or e.g. '500ms', '2s', '1m')")
-    if isinstance(value, int | float):
-        return float(value)
+        raise ValueError(f"{value!r} {_NOT_A_DURATION}")
     if isinstance(value, str):
-        match = _DURATION.match(value)
+        match = _DURATION.fullmatch(value)
         if match is None:
-            raise ValueError(f"{value!r} is not a duration (seconds, or e.g. '500ms', '2s', '1m')")
-        return float(match.group(1)) * _UNITS[match.group(2)]
-    return value
+            raise ValueError(f"{quote(value)} {_NOT_A_DURATION}")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    elif isinstance(value, int | float):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond any float
+            seconds = math.inf if value > 0 else -math.inf
+    else:
+        return value
+    if math.isnan(seconds):
+        raise ValueError(f"{quote(value)} {_NOT_A_DURATION}")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{quote(value)} is longer than a year (the most a duration may be)")
+    return seconds  # -inf is left to the model, which asks for a finite number
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
-OptionalDuration = Annotated[float | None, BeforeValidator(parse_duration), Field(gt=0)]
+OptionalDuration = Duration | None
+ZeroDuration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 
 
 class StatusSet:
@@ -90,13 +149,21 @@ class StatusSet:
                 last = int(high) if sep else first
             except ValueError:
                 raise ValueError(
-                    f"{text!r} is not a status list (expected e.g. '200-299,304')"
+                    f"{quote(text)} is not a status list (expected e.g. '200-299,304')"
                 ) from None
             if not (100 <= first <= last <= 599):
-                raise ValueError(f"{part!r} in {text!r} is not a status range within 100-599")
+                raise ValueError(
+                    f"{quote(part)} in {quote(text)} is not a status range within 100-599"
+                )
             self.ranges.append((first, last))
-
-        self.codes = frozenset(code for lo, hi in self.ranges for code in range(lo, hi + 1))
+        # Merge overlapping ranges first: the text may list thousands, the codes are few.
+        merged: list[tuple[int, int]] = []
+        for lo, hi in sorted(set(self.ranges)):
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+            else:
+                merged.append((lo, hi))
+        self.codes = frozenset(code for lo, hi in merged for code in range(lo, hi + 1))
 
     def __contains__(self, status: object) -> bool:
         return type(status) is int and status in self.codes
@@ -108,119 +175,188 @@ class StatusSet:
 def _status_set(value: Any) -> Any:
     if isinstance(value, StatusSet):
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() < 32:
         value = str(value)
     if isinstance(value, str):
         return StatusSet(value)
-    raise ValueError(f"{value!r} is not a status list (expected e.g. '200-299,304')")
+    raise ValueError(f"{quote(value)} is not a status list (expected e.g. '200-299,304')")
 
 
 Statuses = Annotated[StatusSet, BeforeValidator(_status_set)]
 
 
+# --- strings that end up in HTTP heads ---------------------------------------------------------
+
+
+def _check_name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(f"{quote(value)} may only hold letters, digits, '-' and '_'")
+    return value
+
+
+def _check_method(value: str) -> str:
+    if not _TOKEN.fullmatch(value):
+        raise ValueError(f"{quote(value)} is not an HTTP method")
+    return value.upper()
+
+
+def _too_long(value: str) -> None:
+    if len(value) > MAX_HEAD_VALUE:
+        raise ValueError(f"{quote(value)} is longer than {MAX_HEAD_VALUE} characters")
+
+
+def _check_probe_path(value: str) -> str:
+    _too_long(value)
+    if not value.startswith("/"):
+        raise ValueError(f"{quote(value)} must start with '/'")
+    if not _PATH.fullmatch(value):
+        raise ValueError(
+            f"{quote(value)} is not a request path (printable ASCII without spaces; "
+            "percent-encode the rest)"
+        )
+    return value
+
+
+def _check_regex(value: str) -> str:
+    if len(value) > MAX_REGEX:
+        raise ValueError(f"{quote(value)} is longer than {MAX_REGEX} characters")
+    try:
+        re.compile(value)
+    except (re.error, OverflowError, RecursionError) as exc:  # the last two: a{9999999999}, ((((...
+        raise ValueError(f"{quote(value)} is not a regular expression: {exc}") from None
+    return value
+
+
+def _check_headers(value: dict[str, str]) -> dict[str, str]:
+    for name, field in value.items():
+        _too_long(name)
+        _too_long(field)
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(
+                f"{quote(name)} is not a header name (letters, digits and !#$%&'*+-.^_`|~)"
+            )
+        if not _FIELD_VALUE.fullmatch(field):
+            raise ValueError(
+                f"the value of {quote(name)}, {quote(field)}, holds a control character"
+            )
+    return value
+
+
+def _check_host_header(value: str) -> str:
+    _too_long(value)
+    if value and not _HOST.fullmatch(value):
+        raise ValueError(f"{quote(value)} is not a Host header value (host[:port])")
+    return value
+
+
+def _check_http_url(value: str) -> str:
+    _too_long(value)
+    if not _VISIBLE.fullmatch(value):
+        raise ValueError(
+            f"{quote(value)} is not an http(s) URL (printable ASCII without spaces: "
+            "percent-encode the path, write the host in punycode)"
+        )
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:  # a bad port, or a bracketed host that is not an IPv6 address
+        raise ValueError(f"{quote(value)} has an invalid host or port") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{quote(value)} is not an http(s) URL")
+    if not parts.hostname:
+        raise ValueError(f"{quote(value)} has no host")
+    if port == 0:
+        raise ValueError(f"{quote(value)} has an invalid port")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+Method = Annotated[str, AfterValidator(_check_method)]
+ProbePath = Annotated[str, AfterValidator(_check_probe_path)]
+Regex = Annotated[str, AfterValidator(_check_regex)]
+Headers = Annotated[dict[str, str], AfterValidator(_check_headers)]
+
+
 class _Block(BaseModel):
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", arbitrary_types_allowed=True, frozen=True, allow_inf_nan=False
+    )
 
 
 class ListenConfig(_Block):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not _LISTEN_HOST.fullmatch(value):
+            raise ValueError(f"{quote(value)} is not a host name or IP address")
+        return value
+
 
 class HealthConfig(_Block):
-    path: str = "/"
-    method: str = "GET"
+    path: ProbePath = "/"
+    method: Method = "GET"
     interval: Duration = 2.0
     unhealthy_interval: OptionalDuration = None
     timeout: Duration = 1.0
-    healthy_threshold: int = Field(2, ge=1)
-    unhealthy_threshold: int = Field(2, ge=1)
+    healthy_threshold: int = Field(2, ge=1, le=1000)
+    unhealthy_threshold: int = Field(2, ge=1, le=1000)
     expect_status: Statuses = StatusSet("200-399")
-    expect_body: str | None = None
-    headers: dict[str, str] = {}
+    expect_body: Regex | None = None
+    headers: Headers = {}
     startup_grace: Duration = 5.0
     enabled: bool = True
 
-    @field_validator("path")
-    @classmethod
-    def _path(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"{value!r} must start with '/'")
-        return value
-
-    @field_validator("method")
-    @classmethod
-    def _method(cls, value: str) -> str:
-        if not _TOKEN.match(value):
-            raise ValueError(f"{value!r} is not an HTTP method")
-        return value.upper()
-
-    @field_validator("expect_body")
-    @classmethod
-    def _regex(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
-        return value
-
 
 class HealthOverride(_Block):
-    """Per-origin health settings; unset keys fall back to the top-level `health` block."""
+    """Per-origin health settings; unset keys fall back to the top-level `health` block.
+    Each key is checked exactly as in the top-level block."""
 
-    path: str | None = None
-    method: str | None = None
+    path: ProbePath | None = None
+    method: Method | None = None
     interval: OptionalDuration = None
     unhealthy_interval: OptionalDuration = None
     timeout: OptionalDuration = None
-    healthy_threshold: int | None = Field(None, ge=1)
-    unhealthy_threshold: int | None = Field(None, ge=1)
+    healthy_threshold: int | None = Field(None, ge=1, le=1000)
+    unhealthy_threshold: int | None = Field(None, ge=1, le=1000)
     expect_status: Statuses | None = None
-    expect_body: str | None = None
-    headers: dict[str, str] | None = None
+    expect_body: Regex | None = None
+    headers: Headers | None = None
     enabled: bool | None = None
 
 
 class OriginConfig(_Block):
-    name: str
+    name: Name
     url: str
-    priority: int = Field(0, ge=0)
+    priority: int = Field(0, ge=0, le=1000)
     weight: int = Field(1, ge=1, le=1000)
     host_header: str | None = None
     preserve_host: bool = False
     health: HealthOverride = HealthOverride()
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError(f"{value!r} may only hold letters, digits, '-' and '_'")
-        return value
-
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
+        _check_http_url(value)
         parts = urlsplit(value)
-        if parts.scheme not in ("http", "https"):
-            raise ValueError(f"{value!r} is not an http(s) URL")
-        if not parts.hostname:
-            raise ValueError(f"{value!r} has no host")
         if parts.query or parts.fragment:
-            raise ValueError(f"{value!r} may not have a query or fragment")
-        try:
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError:
-            raise ValueError(f"{value!r} has an invalid port") from None
+            raise ValueError(f"{quote(value)} may not have a query or fragment")
         return value.rstrip("/")
+
+    @field_validator("host_header")
+    @classmethod
+    def _host_header(cls, value: str | None) -> str | None:
+        return None if value is None else _check_host_header(value)
 
 
 class PassiveConfig(_Block):
     enabled: bool = True
-    consecutive_failures: int = Field(3, ge=1)
+    consecutive_failures: int = Field(3, ge=1, le=1000)
     error_rate: float = Field(0.5, gt=0, le=1)
     window: Duration = 10.0
-    min_requests: int = Field(10, ge=1)
+    min_requests: int = Field(10, ge=1, le=1_000_000)
     ejection_time: Duration = 30.0
     max_ejection_time: Duration = 300.0
     latency_threshold: OptionalDuration = None
@@ -237,8 +373,8 @@ class PassiveConfig(_Block):
 
 
 class FailbackConfig(_Block):
-    hold_down: Annotated[float, BeforeValidator(parse_duration), Field(ge=0)] = 30.0
-    flap_window: Annotated[float, BeforeValidator(parse_duration), Field(ge=0)] = 60.0
+    hold_down: ZeroDuration = 30.0
+    flap_window: ZeroDuration = 60.0
     max_hold_down: Duration = 300.0
 
     @model_validator(mode="after")
@@ -258,11 +394,11 @@ RETRY_CONDITIONS: tuple[str, ...] = ("connect-failure", "reset", "timeout")
 class RetryConfig(_Block):
     attempts: int = Field(2, ge=1, le=10)
     on: list[RetryCondition | int] = ["connect-failure", "reset", "timeout", 502, 503, 504]
-    methods: list[str] = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"]
-    max_buffered_body: int = Field(1_048_576, ge=0)
+    methods: list[Method] = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"]
+    max_buffered_body: int = Field(1_048_576, ge=0, le=1 << 30)
     idempotency_key: bool = False
     budget: float = Field(0.2, ge=0, le=1)
-    min_retries_in_flight: int = Field(3, ge=0)
+    min_retries_in_flight: int = Field(3, ge=0, le=1_000_000)
     hedge_after: OptionalDuration = None
 
     @field_validator("on", mode="before")
@@ -273,21 +409,13 @@ class RetryConfig(_Block):
         for item in value:
             if isinstance(item, int) and not isinstance(item, bool):
                 if not 100 <= item <= 599:
-                    raise ValueError(f"{item!r} is not an HTTP status")
+                    raise ValueError(f"{quote(item)} is not an HTTP status")
             elif item not in RETRY_CONDITIONS:
                 raise ValueError(
-                    f"{item!r} is not a retry condition (expected one of "
+                    f"{quote(item)} is not a retry condition (expected one of "
                     f"{', '.join(RETRY_CONDITIONS)} or an HTTP status)"
                 )
         return value
-
-    @field_validator("methods")
-    @classmethod
-    def _methods(cls, value: list[str]) -> list[str]:
-        for item in value:
-            if not _TOKEN.match(item):
-                raise ValueError(f"{item!r} is not an HTTP method")
-        return [item.upper() for item in value]
 
 
 class TimeoutsConfig(_Block):
@@ -306,8 +434,13 @@ class LimitsConfig(_Block):
     header_timeout: Duration = 10.0
     idle_timeout: Duration = 60.0
     body_timeout: Duration = 30.0
-    max_body_bytes: int | None = Field(None, ge=0)
-    max_connections: int = Field(10_000, ge=1)
+    max_body_bytes: int | None = Field(None, ge=0, le=1 << 40)
+    max_connections: int = Field(10_000, ge=1, le=1_000_000)
+
+
+_EMPTY_TOKEN = (
+    "empty; set a secret of at least 16 characters or leave it unset to turn admin mutations off"
+)
 
 
 class AdminConfig(_Block):
@@ -320,10 +453,24 @@ class AdminConfig(_Block):
     @field_validator("prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
-        inner = value[1:].rstrip("/").replace("/", "_")
-        if not value.startswith("/") or not inner or not _NAME.match(inner):
-            raise ValueError(f"{value!r} is not a path prefix such as '/_failover'")
+        if not _PREFIX.fullmatch(value):
+            raise ValueError(f"{quote(value)} is not a path prefix such as '/_failover'")
         return value.rstrip("/")
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: str | None) -> str | None:
+        # Never quote the token: error lines end up in logs.
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError(_EMPTY_TOKEN)
+        if not _VISIBLE.fullmatch(value):
+            raise ValueError(
+                "may only hold printable ASCII without spaces (clients send it in an "
+                "Authorization header)"
+            )
+        return value
 
     @field_validator("allow", "trust_forwarded")
     @classmethod
@@ -332,7 +479,25 @@ class AdminConfig(_Block):
             try:
                 ipaddress.ip_network(item, strict=False)
             except ValueError:
-                raise ValueError(f"{item!r} is not an IP network (e.g. '10.0.0.0/8')") from None
+                raise ValueError(
+                    f"{quote(item)} is not an IP network (e.g. '10.0.0.0/8')"
+                ) from None
+        return value
+
+    @field_validator("state_file")
+    @classmethod
+    def _state_file(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value or "\x00" in value:
+            raise ValueError(f"{quote(value)} is not a file path")
+        try:
+            mode = os.stat(value).st_mode
+        except (OSError, ValueError):
+            return value  # not there yet: the first override creates it
+        kind = file_kind(mode)
+        if kind is not None:
+            raise ValueError(f"{quote(value)} is not a regular file ({kind})")
         return value
 
 
@@ -345,14 +510,25 @@ class ProxyConfig(_Block):
     origin_header: bool = True
     attempts_header: bool = True
     via: str = "failover"
-    max_connections_per_origin: int = Field(1000, ge=1)
+    max_connections_per_origin: int = Field(1000, ge=1, le=1_000_000)
     client: UpstreamClient = "native"
+
+    @field_validator("via")
+    @classmethod
+    def _via(cls, value: str) -> str:
+        _too_long(value)
+        if not _VIA.fullmatch(value):
+            raise ValueError(
+                f"{quote(value)} is not a Via pseudonym (a token such as 'failover', "
+                "or host[:port])"
+            )
+        return value
 
 
 class StaleConfig(_Block):
     enabled: bool = False
-    max_bytes: int = Field(64 * 1024 * 1024, ge=0)
-    max_object_bytes: int = Field(1024 * 1024, ge=0)
+    max_bytes: int = Field(64 * 1024 * 1024, ge=0, le=1 << 40)
+    max_object_bytes: int = Field(1024 * 1024, ge=0, le=1 << 40)
     max_age: Duration = 3600.0
 
 
@@ -366,24 +542,23 @@ class LogConfig(_Block):
 
 class EventsConfig(_Block):
     webhooks: list[str] = []
-    history: int = Field(500, ge=1)
+    history: int = Field(500, ge=1, le=1_000_000)
     webhook_timeout: Duration = 5.0
-    webhook_queue: int = Field(1000, ge=1)
+    webhook_queue: int = Field(1000, ge=1, le=1_000_000)
 
     @field_validator("webhooks")
     @classmethod
     def _urls(cls, value: list[str]) -> list[str]:
         for url in value:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"{url!r} is not an http(s) URL")
+            _check_http_url(url)
         return value
 
 
 class FleetConfig(_Block):
     redis_url: str
     key_prefix: str = "failover:"
-    lease: Duration = 5.0
+    # Leases are set in whole milliseconds.
+    lease: Annotated[float, BeforeValidator(parse_duration), Field(ge=0.001)] = 5.0
     publish_interval: Duration = 0.5
 
     @field_validator("redis_url")
@@ -391,7 +566,13 @@ class FleetConfig(_Block):
     def _redis(cls, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
-            raise ValueError(f"{value!r} is not a redis:// or rediss:// URL")
+            raise ValueError(f"{quote(value)} is not a redis:// or rediss:// URL")
+        from redis.connection import parse_url  # only when a fleet is configured
+
+        try:
+            parse_url(value)  # type: ignore[no-untyped-call]
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{quote(value)} is not a redis:// or rediss:// URL: {exc}") from None
         return value
 
 
@@ -407,6 +588,7 @@ class Settings(BaseSettings):
         extra="forbid",
         frozen=True,
         arbitrary_types_allowed=True,
+        allow_inf_nan=False,
     )
 
     listen: ListenConfig = ListenConfig()
@@ -453,7 +635,7 @@ class Settings(BaseSettings):
         seen: set[str] = set()
         for origin in value:
             if origin.name in seen:
-                raise ValueError(f"duplicate origin name {origin.name!r}")
+                raise ValueError(f"duplicate origin name {quote(origin.name)}")
             seen.add(origin.name)
         return value
 
@@ -461,6 +643,17 @@ class Settings(BaseSettings):
         """The origin's effective health settings: its override over the top-level block."""
         override = origin.health.model_dump(exclude_none=True)
         return self.health.model_copy(update=override) if override else self.health
+
+    def warnings(self) -> list[str]:
+        """What is valid but unwise, one line each (`check` prints them, `run` logs them)."""
+        lines: list[str] = []
+        token = self.admin.token
+        if token is not None and len(token) < MIN_TOKEN_LENGTH:
+            lines.append(
+                f"admin.token: {len(token)} characters is short for a secret; use at least "
+                f"{MIN_TOKEN_LENGTH} (e.g. `openssl rand -hex 16`)"
+            )
+        return lines
 
 
 def default_config_path() -> Path:
@@ -474,35 +667,13 @@ def default_config_path() -> Path:
     return Path("failover.yaml")
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false, so a key such as `on` stays the string 'on'."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    key: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-for _first in "tTfF":
-    _Loader.yaml_implicit_resolvers.setdefault(_first, []).insert(
-        0, ("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"))
-    )
-
-
 def read_yaml(path: Path) -> dict[str, Any]:
-    """The file's top-level mapping; syntax errors name the line and column."""
+    """The file's top-level mapping (see configfile.py for the bounds); problems name the
+    file, and the line and column where there is one."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: no such file"]) from None
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
-    try:
-        data = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        raise ConfigError([f"{where}: YAML syntax error: {problem}"]) from None
+        data = load_yaml(path)
+    except ConfigFileError as exc:
+        raise ConfigError([str(exc)]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -510,18 +681,75 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+# --- validating --------------------------------------------------------------------------------
+
+_UNKNOWN_KEY = "unknown key (check its spelling against the config reference)"
+
+
 def build_settings(data: dict[str, Any]) -> Settings:
     """Validate a mapping (plus the environment) into Settings, or raise ConfigError."""
+    problems: list[str] = []
+    keys: dict[str, Any] = {}
+    for key, value in data.items():
+        # Keys starting with '_' would reach pydantic-settings' own options (`_cli_parse_args`,
+        # `_secrets_dir`, ...): they are unknown keys like any other.
+        if isinstance(key, str) and not key.startswith("_"):
+            keys[key] = value
+        else:
+            problems.append(f"{_key(key)}: {_UNKNOWN_KEY}")
+    undescribed = 0
     try:
-        return Settings(**data)
+        settings = Settings(**keys)
     except ValidationError as exc:
-        problems = [_describe(error) for error in exc.errors()]
+        errors = exc.errors(include_url=False)
+        # Describing costs more than validating: describe no more lines than are shown.
+        problems += [_describe(error) for error in errors[:MAX_PROBLEMS]]
+        undescribed = max(0, len(errors) - MAX_PROBLEMS)
         # The duplicate check runs only once every origin is valid; say it now as well, so
         # that one round of fixes is enough.
-        for problem in _duplicate_names(data):
-            if problem not in problems:
-                problems.append(problem)
-        raise ConfigError(problems) from None
+        problems += _duplicate_names(data)
+    except (SettingsError, RecursionError) as exc:
+        # An environment variable for a list or mapping that does not parse as JSON.
+        problems += _environment_problems() or [f"environment: {quote(str(exc), 200)}"]
+    else:
+        if not problems:
+            return settings
+    raise ConfigError(_bounded(problems, undescribed))
+
+
+def _bounded(problems: list[str], more: int) -> list[str]:
+    """Each line once, at most MAX_PROBLEMS of them, then how many more there are."""
+    unique = list(dict.fromkeys(problems))
+    more += max(0, len(unique) - MAX_PROBLEMS)
+    unique = unique[:MAX_PROBLEMS]
+    return [*unique, f"... and {more} more problems"] if more else unique
+
+
+def _environment_problems() -> list[str]:
+    """Name each FAILOVER_ variable that pydantic-settings cannot decode, trying them one at a
+    time (their exact rules for what must be JSON are pydantic-settings' own)."""
+    source = EnvSettingsSource(Settings)
+    originals = {name.lower(): name for name in os.environ}
+    problems: list[str] = []
+    for name, value in dict(source.env_vars).items():
+        if not name.lower().startswith("failover_") or value is None:
+            continue
+        source.env_vars = {name: value}
+        try:
+            source()
+        except (SettingsError, RecursionError, ValueError):
+            shown = originals.get(name, name.upper())
+            try:
+                json.loads(value)
+            except RecursionError:
+                problems.append(f"{shown}: JSON nested too deeply")
+                continue
+            except ValueError:
+                pass
+            problems.append(
+                f"{shown}: {quote(value)} is not JSON (a list or mapping is expected here)"
+            )
+    return problems
 
 
 def _duplicate_names(data: dict[str, Any]) -> list[str]:
@@ -531,13 +759,23 @@ def _duplicate_names(data: dict[str, Any]) -> list[str]:
     names: list[str] = [
         o["name"] for o in origins if isinstance(o, dict) and isinstance(o.get("name"), str)
     ]
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    return [f"origins: duplicate origin name {name!r}" for name in repeated]
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    repeated = sorted(name for name, count in counts.items() if count > 1)
+    return [f"origins: duplicate origin name {quote(name)}" for name in repeated]
 
 
 def load_config(path: str | Path) -> Settings:
     """Read, merge with the environment and validate; raise ConfigError listing every problem."""
     return build_settings(read_yaml(Path(path)))
+
+
+def _key(part: Any) -> str:
+    """A key as written in a problem line: bare if it looks like a key, else quoted."""
+    if isinstance(part, str) and _NAME.fullmatch(part) and len(part) <= 60:
+        return part
+    return quote(part)
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -547,9 +785,14 @@ def _location(loc: tuple[int | str, ...]) -> str:
             text += f"[{part}]"
         elif part.startswith(("function-", "lax-", "json-")) or "[" in part:
             continue  # pydantic's internal validator names, not keys the user wrote
-        else:
+        elif _NAME.fullmatch(part) and len(part) <= 60:
             text += f".{part}" if text else part
+        else:
+            text += f"[{quote(part)}]"
     return text or "(top level)"
+
+
+_SECRETS = ("admin.token",)
 
 
 def _describe(error: Any) -> str:
@@ -562,6 +805,6 @@ def _describe(error: Any) -> str:
         message = "unknown key (check its spelling against the config reference)"
     elif kind == "missing":
         message = "is required"
-    else:
-        message = f"{message}, got {error['input']!r}"
-    return f"{loc}: {message}"
+    elif loc not in _SECRETS:
+        message = f"{message}, got {quote(error['input'])}"
+    return f"{loc}: {' '.join(message.splitlines())}"

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from failover.config import (
+    MAX_DURATION,
     ConfigError,
     Settings,
     StatusSet,
@@ -20,6 +21,7 @@ from failover.config import (
     load_config,
     parse_duration,
 )
+from failover.configfile import LOADERS, ConfigFileError, load_yaml
 
 SPEC_EXAMPLE = """\
 listen: {host: 127.0.0.1, port: 8080}
@@ -209,13 +211,14 @@ def test_a_zero_hold_down_is_allowed_where_a_positive_interval_is_not() -> None:
 
 
 @given(
-    n=st.floats(min_value=1e-6, max_value=1e12, allow_nan=False, allow_infinity=False),
-    unit=st.sampled_from([("ms", 0.001), ("s", 1.0), ("m", 60.0)]),
+    share=st.floats(min_value=1e-15, max_value=0.999),
+    unit=st.sampled_from([("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)]),
 )
-def test_any_positive_duration_string_parses_to_its_seconds(
-    n: float, unit: tuple[str, float]
+def test_any_positive_duration_string_up_to_a_year_parses_to_its_seconds(
+    share: float, unit: tuple[str, float]
 ) -> None:
     suffix, factor = unit
+    n = share * MAX_DURATION / factor
     written = f"{n}{suffix}"
     assert math.isclose(parse_duration(written), n * factor, rel_tol=1e-12)
     settings = build_settings(config(health={"interval": written}))
@@ -497,3 +500,77 @@ def test_duplicate_names_are_reported_beside_other_problems() -> None:
             ]
         }
     ) == ["origins[0].url: 'ftp://x' is not an http(s) URL", "origins: duplicate origin name 'a'"]
+
+
+# --- bounds and warnings ---------------------------------------------------------------------
+
+
+def test_a_status_list_of_thousands_of_ranges_is_merged() -> None:
+    statuses = StatusSet(",".join(["100-599", "200", "300-301"] * 10_000))
+    assert statuses.codes == frozenset(range(100, 600))
+
+
+def test_a_short_admin_token_is_a_warning_not_an_error() -> None:
+    assert build_settings(config(admin={"token": "sesame"})).warnings() == [
+        "admin.token: 6 characters is short for a secret; use at least 16 "
+        "(e.g. `openssl rand -hex 16`)"
+    ]
+    assert build_settings(config(admin={"token": "0123456789abcdef"})).warnings() == []
+    assert build_settings(config()).warnings() == []
+
+
+def test_the_longest_duration_is_a_year() -> None:
+    settings = build_settings(config(health={"interval": "8760h"}))
+    assert settings.health.interval == MAX_DURATION == 365 * 86400
+    assert problems(config(health={"interval": MAX_DURATION + 1})) == [
+        "health.interval: 31536001.0 is longer than a year (the most a duration may be)"
+    ]
+
+
+def test_a_null_per_origin_duration_falls_back_to_the_health_block() -> None:
+    origin = {**ORIGIN_A, "health": {"interval": None, "timeout": None}}
+    settings = build_settings({"origins": [origin], "health": {"interval": "3s"}})
+    assert settings.health_for(settings.origins[0]).interval == 3.0
+
+
+def test_a_problem_line_quotes_long_values_short() -> None:
+    [line] = problems(config(health={"method": "G" * 1000 + " "}))
+    assert line == f"health.method: '{'G' * 59}... (1001 characters) is not an HTTP method"
+
+
+BOMB = "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]\n" for n in range(1, 10)
+)
+
+BLOCKS = "x:\n" + "".join(" " * n + "- \n" for n in range(0, 200, 2))
+
+
+@pytest.mark.parametrize("loader", LOADERS, ids=lambda loader: loader.__name__)
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("x: " + "[" * 64 + "]" * 64, "lists and mappings nest deeper than 64 levels"),
+        (BLOCKS, "lists and mappings nest deeper than 64 levels"),
+        (BOMB, "more than 20000 values (aliases count as what they expand to)"),
+        ("x: &a [*a]", "1:8: alias 'a' refers to a value that contains it"),
+        ("a: 1\nb: 2\na: 3", "3:1: duplicate key 'a' (first at line 1)"),
+        ("a: " + "9" * 5000, "1:4: an integer of 5000 digits is too large"),
+        ("a: 1\n@b", "2:1: YAML syntax error: found character '@' that cannot start any token"),
+    ],
+)  # fmt: skip
+def test_both_yaml_loaders_keep_the_bounds(
+    tmp_path: Path, loader: type[Any], text: str, problem: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigFileError) as info:
+        load_yaml(path, loader)
+    assert str(info.value).startswith(f"{path}:")
+    assert str(info.value).endswith(problem)
+
+
+@pytest.mark.parametrize("loader", LOADERS, ids=lambda loader: loader.__name__)
+def test_both_yaml_loaders_read_the_spec_example_alike(tmp_path: Path, loader: type[Any]) -> None:
+    path = write(tmp_path, SPEC_EXAMPLE + "x: &x {on: [1, 2]}\ny: {<<: *x, off: true}\n")
+    data = load_yaml(path, loader)
+    assert data == load_yaml(path)
+    assert data["y"] == {"on": [1, 2], "off": True}

@@ -126,9 +126,12 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     import uvicorn
 
+    from .listener import prepare_open_files
+
     setup_logging(args.log_level)
     for line in settings.warnings():
         logging.getLogger("failover").warning("%s", line)
+    prepare_open_files(settings.limits)
     # Workers re-read the config through the factory; they find it through the environment.
     os.environ["FAILOVER_CONFIG"] = str(path.resolve())
     if args.workers == 1:
@@ -192,13 +195,17 @@ def _stopped(signum: int, frame: object) -> None:
 def uvicorn_config(
     settings: Settings, app: Any, log_level: str = "info", workers: int = 1
 ) -> dict[str, Any]:
-    """uvicorn's settings for the proxy: uvloop, httptools, no server-added headers."""
+    """uvicorn's settings for the proxy: uvloop, httptools with the client limits
+    (`limits:`, see failover.listener), no server-added headers."""
+    from .listener import HttpProtocolFactory, connection_limit
+
+    limits = settings.limits
     options: dict[str, Any] = dict(
         app=app,
         host=settings.listen.host,
         port=settings.listen.port,
         loop="uvloop",
-        http="httptools",
+        http=HttpProtocolFactory(limits, connection_limit(limits.max_connections)),
         ws="none",
         lifespan="on",
         log_config=None,
@@ -210,7 +217,8 @@ def uvicorn_config(
         proxy_headers=False,
         date_header=False,
         timeout_graceful_shutdown=settings.shutdown_timeout,
-        timeout_keep_alive=5,
+        # The listener's idle_timeout takes over uvicorn's keep-alive timeout.
+        timeout_keep_alive=limits.idle_timeout,
     )
     if workers > 1:
         options.update(workers=workers, factory=True)

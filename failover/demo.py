@@ -77,7 +77,9 @@ async def run_demo(port: int = 8080, primary_port: int = 9001, secondary_port: i
         print(instructions(port, primary.port))
         sys.stdout.flush()
         from .cli import uvicorn_config
+        from .listener import prepare_open_files
 
+        prepare_open_files(settings.limits)
         server = uvicorn.Server(uvicorn.Config(**uvicorn_config(settings, App(settings))))
         await server.serve()
     finally:

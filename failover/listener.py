@@ -1,0 +1,466 @@
+"""The client side of the front door: uvicorn's httptools protocol with the limits it lacks.
+
+uvicorn 0.55 puts no bound on a request head (size, header count, time) and closes an idle
+connection only after a response. `LimitedHttpToolsProtocol` adds, per connection:
+
+- a byte budget for the request line and headers, checked before bytes reach the parser (a
+  32 MiB header is cut after `max_header_bytes`, never held), and a header count: 431;
+- `header_timeout` from the first byte of a head until it is complete: 408;
+- `idle_timeout` on a connection with no request in progress (fresh, or kept alive): a quiet
+  close;
+- RFC 9112 section 3.2: an HTTP/1.1 request without Host, or any with two, gets 400;
+- `max_connections`: a connection past it gets 503 and is closed at once;
+- the `failover.disconnect` extension in each request's scope: the app registers a callback
+  that runs the moment the client's connection is lost while its request is in progress (ASGI
+  2.3 tells an app of a disconnect only when it calls `receive()`).
+
+Every cut is counted by reason and logged at most once a second (`ClosedConnections`). The
+timers are `loop.call_later` handles: the header timer is armed only when a read leaves a
+head incomplete, so a request that arrives in one read costs no timer at all.
+
+Some methods below are copies of uvicorn's with a few lines added, which is why pyproject pins
+uvicorn to the minor version they were written against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from typing import Any
+from urllib.parse import unquote
+
+import httptools
+from uvicorn._types import ASGISendEvent
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
+from uvicorn.server import ServerState
+
+from .config import LimitsConfig
+
+__all__ = [
+    "ClosedConnections",
+    "HttpProtocolFactory",
+    "LimitedHttpToolsProtocol",
+    "connection_limit",
+    "prepare_open_files",
+    "raise_open_file_limit",
+]
+
+logger = logging.getLogger("failover.listener")
+
+# File descriptors kept aside for everything that is not a client connection (listening
+# sockets, probes, log files, the config watcher).
+FD_HEADROOM = 64
+_BENIGN = frozenset({"idle"})
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return (before, after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and (soft == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft, soft
+        return soft, hard
+    return soft, soft
+
+
+def connection_limit(max_connections: int, open_files: int | None = None) -> int:
+    """How many client connections fit in the open file limit: each may need an upstream
+    connection too, and some descriptors are kept aside."""
+    if open_files is None:
+        open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if open_files == resource.RLIM_INFINITY:
+        return max_connections
+    return max(1, min(max_connections, (open_files - FD_HEADROOM) // 2))
+
+
+def prepare_open_files(limits: LimitsConfig) -> int:
+    """At start-up: raise the open file limit, log it, and return how many client
+    connections the listener will accept."""
+    before, after = raise_open_file_limit()
+    effective = connection_limit(limits.max_connections, after)
+    raised = f" (raised from {before})" if after != before else ""
+    logger.info("Open file limit: %s%s.", _figure(after), raised)
+    if effective < limits.max_connections:
+        logger.warning(
+            "limits.max_connections is %d, but the open file limit of %s holds only %d client "
+            "connections (each may need an upstream connection too): accepting up to %d.",
+            limits.max_connections,
+            _figure(after),
+            effective,
+            effective,
+        )
+    return effective
+
+
+def _figure(limit: int) -> str:
+    return "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
+
+
+class ClosedConnections:
+    """Counts the client connections the listener cut, by reason; one log line at most once
+    per `interval`, never a line per connection."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.counts: Counter[str] = Counter()
+        self._report: asyncio.TimerHandle | None = None
+
+    def add(self, loop: asyncio.AbstractEventLoop, reason: str) -> None:
+        self.counts[reason] += 1
+        if self._report is None:
+            self._report = loop.call_later(self.interval, self.report)
+
+    def report(self) -> None:
+        self._report = None
+        counts, self.counts = self.counts, Counter()
+        total = sum(counts.values())
+        if not total:
+            return
+        detail = ", ".join(f"{count} {reason}" for reason, count in counts.most_common())
+        logger.log(
+            logging.INFO if counts.keys() <= _BENIGN else logging.WARNING,
+            "Closed %d client connection%s in the last second: %s.",
+            total,
+            "" if total == 1 else "s",
+            detail,
+        )
+
+
+def error_response(
+    status: int, reason: str, default_headers: list[tuple[bytes, bytes]] | None = None
+) -> bytes:
+    """A complete plain-text response that closes the connection."""
+    body = reason.encode("utf-8") + b"\n"
+    parts = [STATUS_LINE[status]]
+    for name, value in default_headers or ():
+        parts += [name, b": ", value, b"\r\n"]
+    parts.append(
+        b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n\r\n" % len(body)
+    )
+    parts.append(body)
+    return b"".join(parts)
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing a head the listener refuses."""
+
+
+_base_send = RequestResponseCycle.send
+
+
+class _Cycle(RequestResponseCycle):
+    """uvicorn's request/response cycle, except that a 304 may carry the Content-Length of
+    the representation it stands for (RFC 9110 section 8.6) without a body, as a HEAD may."""
+
+    def send(self, message: ASGISendEvent) -> Coroutine[Any, Any, None]:
+        if self.response_started or message.get("status") != 304:
+            return _base_send(self, message)
+        return self._send_not_modified(message)
+
+    async def _send_not_modified(self, message: ASGISendEvent) -> None:
+        await _base_send(self, message)
+        self.expected_content_length = 0
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with head limits, head and idle timeouts, Host checks and
+    a connection limit. The limits are class attributes, set by `HttpProtocolFactory`."""
+
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    max_connections: int = 10_000
+    closed: ClosedConnections  # one per factory: the counts of one listener
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.timeout_keep_alive = self.idle_timeout  # type: ignore[assignment]
+        self._head_bytes = 0  # bytes of the head being read (not counted inside a body)
+        self._in_head = False  # a request head has begun and is not complete yet
+        self._in_body = False  # between the end of a head and the end of its message
+        self._hosts = 0
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._refusal: tuple[int, str, str] | None = None
+        self._refused = False
+        self._on_lost: Callable[[], None] | None = None
+        self._extensions = {"failover.disconnect": self._watch_disconnect}
+
+    def _watch_disconnect(self, callback: Callable[[], None]) -> None:
+        """The `failover.disconnect` extension: `callback` runs if the connection is lost
+        before the next request registers its own (one request at a time is served)."""
+        self._on_lost = callback
+
+    # -- connection ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self.max_connections:
+            self.transport = transport
+            transport.write(
+                error_response(
+                    503,
+                    f"The proxy is at its limit of {self.max_connections} client connections.",
+                    self.server_state.default_headers,
+                )
+            )
+            transport.close()
+            self.closed.add(self.loop, "over max_connections")
+            return
+        super().connection_made(transport)
+        # A fresh connection is idle until its first byte (uvicorn waits forever).
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.idle_timeout, self.timeout_keep_alive_handler
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().connection_lost(exc)
+        on_lost, self._on_lost = self._on_lost, None
+        if on_lost is not None:
+            on_lost()
+
+    def timeout_keep_alive_handler(self) -> None:
+        """idle_timeout passed with no request in progress: close without a word."""
+        self.timeout_keep_alive_task = None
+        if self.transport.is_closing() or self._in_head or self._head_bytes:
+            return  # a head is on its way: the header timer decides
+        self.closed.add(self.loop, "idle")
+        self.transport.close()
+
+    def _header_timed_out(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        if self._in_head:
+            reason = f"The request head did not arrive within {self.header_timeout:g} s."
+            self._refuse(408, reason, "header timeout")
+        else:  # stray bytes that never began a request
+            self._refused = True
+            self.closed.add(self.loop, "header timeout")
+            self.transport.close()
+
+    def _refuse(self, status: int, reason: str, why: str) -> None:
+        """Answer `status` and close; or, while a response is still going out on this
+        connection, let it finish and close after it."""
+        self._refused = True
+        self.closed.add(self.loop, why)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            if cycle.more_body:  # its request is still arriving: nothing more can be said
+                self.transport.close()
+            else:
+                cycle.keep_alive = False
+                self.transport.pause_reading()
+            return
+        self.transport.write(error_response(status, reason, self.server_state.default_headers))
+        self.transport.close()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
+        if self._in_body:
+            self._feed(data)
+        else:
+            size = self._head_bytes + len(data)
+            if size > self.max_header_bytes:
+                self._feed_within_budget(data)
+            else:
+                self._head_bytes = size
+                self._feed(data)
+        if self._header_timer is None and not self._refused:
+            if not self._in_body and (self._in_head or self._head_bytes):
+                self._header_timer = self.loop.call_later(
+                    self.header_timeout, self._header_timed_out
+                )
+            elif (
+                self.timeout_keep_alive_task is None
+                and (self.cycle is None or self.cycle.response_complete)
+                and not self.pipeline
+            ):
+                # Bytes that start nothing new (the rest of a body whose response is already
+                # complete): the connection is still idle.
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.idle_timeout, self.timeout_keep_alive_handler
+                )
+
+    def _feed_within_budget(self, data: bytes) -> None:
+        """Feed no more than the head's remaining byte budget; past it with the head still
+        incomplete, refuse with 431. What follows a complete head is fed as usual."""
+        while data:
+            room = self.max_header_bytes - self._head_bytes
+            self._head_bytes = self.max_header_bytes
+            self._feed(data[:room])
+            if self._refused or self.transport.is_closing():
+                return
+            if self._head_bytes == self.max_header_bytes:  # no head completed within budget
+                reason = f"The request line and headers exceed {self.max_header_bytes} bytes."
+                self._refuse(431, reason, "header too large")
+                return
+            data = data[room:]
+            if self._in_body:
+                self._feed(data)
+                return
+            if self._head_bytes + len(data) <= self.max_header_bytes:
+                self._head_bytes += len(data)
+                self._feed(data)
+                return
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError:
+            if not self._refused:
+                self._refuse(*(self._refusal or (400, "Invalid HTTP request.", "invalid request")))
+
+    # -- parser callbacks (uvicorn's, with the counting added) -----------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._hosts = 0
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self.scope = {  # type: ignore[typeddict-item]
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,  # type: ignore[typeddict-item]
+            "root_path": self.root_path,
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+            "extensions": self._extensions,
+        }
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        # llhttp keeps trailing whitespace, which RFC 9110 section 5.5 excludes from the value.
+        value = value.rstrip(b" \t")
+        if name == b"host":
+            self._hosts += 1
+        elif name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
+        if len(self.headers) > self.max_headers:
+            reason = f"More than {self.max_headers} header fields."
+            self._refusal = (431, reason, "too many headers")
+            raise _Refused
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._in_body = True
+        self._head_bytes = 0
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        http_version = self.parser.get_http_version()
+        if self._hosts != 1 and (self._hosts or http_version == "1.1"):
+            reason = "More than one Host header." if self._hosts else "No Host header."
+            self._refusal = (400, reason, "bad Host")
+            raise _Refused
+        method = self.parser.get_method()
+        self.scope["method"] = method.decode("ascii")
+        if http_version != "1.1":
+            self.scope["http_version"] = http_version
+        if self.parser.should_upgrade() and self._should_upgrade():
+            return
+        parsed_url = httptools.parse_url(self.url)
+        raw_path = parsed_url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = unquote(path)
+        self.scope["path"] = self.root_path + path
+        self.scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+        self.scope["query_string"] = parsed_url.query or b""
+
+        existing_cycle = self.cycle
+        self.cycle = _Cycle(
+            scope=self.scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=self.expect_100_continue,
+            keep_alive=http_version != "1.0" and self.parser.should_keep_alive(),
+            on_response=self.on_response_complete,
+        )
+        if existing_cycle is None or existing_cycle.response_complete:
+            self._start_asgi_task(self.cycle, self.app)
+        else:  # pipelined: queued until the response before it is complete
+            self.flow.pause_reading()
+            self.pipeline.appendleft((self.cycle, self.app))
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        cycle = self.cycle
+        if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
+            return
+        cycle.more_body = False
+        cycle.message_event.set()
+
+
+class HttpProtocolFactory:
+    """What `uvicorn_config` passes as uvicorn's `http`: builds a `LimitedHttpToolsProtocol`
+    per connection. It pickles as its limits alone, so that `--workers N` hands it to each
+    worker process, where it builds its own protocol class and counters."""
+
+    def __init__(self, limits: LimitsConfig, max_connections: int | None = None) -> None:
+        self.limits = limits
+        self.max_connections = (
+            limits.max_connections if max_connections is None else max_connections
+        )
+        self.protocol: type[LimitedHttpToolsProtocol] = type(
+            "LimitedHttpToolsProtocol",
+            (LimitedHttpToolsProtocol,),
+            {
+                "max_header_bytes": limits.max_header_bytes,
+                "max_headers": limits.max_headers,
+                "header_timeout": limits.header_timeout,
+                "idle_timeout": limits.idle_timeout,
+                "max_connections": self.max_connections,
+                "closed": ClosedConnections(),
+            },
+        )
+
+    def __call__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> LimitedHttpToolsProtocol:
+        return self.protocol(config, server_state, app_state, _loop)
+
+    def __reduce__(self) -> tuple[type[HttpProtocolFactory], tuple[LimitsConfig, int]]:
+        return (HttpProtocolFactory, (self.limits, self.max_connections))

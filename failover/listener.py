@@ -11,7 +11,7 @@ connection only after a response. `LimitedHttpToolsProtocol` adds, per connectio
 - RFC 9112 section 3.2: an HTTP/1.1 request without Host, or any with two, gets 400;
 - `max_connections`: a connection past it gets 503 and is closed at once;
 - the `failover.disconnect` extension in each request's scope: the app registers a callback
-  that runs the moment the client's connection is lost while its request is in progress (ASGI
+  with `scope["extensions"]["failover.disconnect"]["watch"](callback)`; it runs the moment the client's connection is lost while its request is in progress (ASGI
   2.3 tells an app of a disconnect only when it calls `receive()`).
 
 Every cut is counted by reason and logged at most once a second (`ClosedConnections`). The
@@ -201,7 +201,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._refusal: tuple[int, str, str] | None = None
         self._refused = False
         self._on_lost: Callable[[], None] | None = None
-        self._extensions = {"failover.disconnect": self._watch_disconnect}
+        # ASGI extensions are dicts; this one holds the function to register with.
+        self._extensions: dict[str, dict[object, object]] = {
+            "failover.disconnect": {"watch": self._watch_disconnect}
+        }
 
     def _watch_disconnect(self, callback: Callable[[], None]) -> None:
         """The `failover.disconnect` extension: `callback` runs if the connection is lost

@@ -223,10 +223,10 @@ class Proxy:
         if length != 0:
             body = RequestBody(receive, self.max_buffered, self.body_timeout, max_body)
         exchange = _Exchange(scope["method"], target, headers, client_host, body, idempotency_key)
-        watch = scope.get("extensions", _NO_EXTENSIONS).get(DISCONNECT_EXTENSION)
-        if watch is not None:
+        disconnect = scope.get("extensions", _NO_EXTENSIONS).get(DISCONNECT_EXTENSION)
+        if disconnect is not None:
             exchange.task = asyncio.current_task()
-            watch(exchange.client_left)
+            disconnect["watch"](exchange.client_left)
         started = self.clock()
         if self.request_timeout is not None:
             exchange.deadline_at = started + self.request_timeout

@@ -392,18 +392,18 @@ def test_start_up_raises_the_open_file_limit_and_says_what_fits(
     caplog.set_level(logging.INFO, logger="failover.listener")
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1024), hard))
-        effective = prepare_open_files(LimitsConfig(max_connections=10_000_000))
+        effective = prepare_open_files(LimitsConfig(max_connections=1_000_000))
         now = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert now == hard
-    assert effective == connection_limit(10_000_000, hard) < 10_000_000
+    assert effective == connection_limit(1_000_000, hard) < 1_000_000
     messages = [r.getMessage() for r in caplog.records]
     assert f"Open file limit: {hard} (raised from {min(hard, 1024)})." in messages or (
         hard <= 1024 and f"Open file limit: {hard}." in messages
     )
     assert (
-        f"limits.max_connections is 10000000, but the open file limit of {hard} holds only "
+        f"limits.max_connections is 1000000, but the open file limit of {hard} holds only "
         f"{effective} client connections (each may need an upstream connection too): "
         f"accepting up to {effective}."
     ) in messages

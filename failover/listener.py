@@ -11,8 +11,9 @@ connection only after a response. `LimitedHttpToolsProtocol` adds, per connectio
 - RFC 9112 section 3.2: an HTTP/1.1 request without Host, or any with two, gets 400;
 - `max_connections`: a connection past it gets 503 and is closed at once;
 - the `failover.disconnect` extension in each request's scope: the app registers a callback
-  with `scope["extensions"]["failover.disconnect"]["watch"](callback)`; it runs the moment the client's connection is lost while its request is in progress (ASGI
-  2.3 tells an app of a disconnect only when it calls `receive()`).
+  with `scope["extensions"]["failover.disconnect"]["watch"](callback)`; it runs the moment
+  the client's connection is lost while its request is in progress (ASGI 2.3 tells an app of
+  a disconnect only when it calls `receive()`).
 
 Every cut is counted by reason and logged at most once a second (`ClosedConnections`). The
 timers are `loop.call_later` handles: the header timer is armed only when a read leaves a

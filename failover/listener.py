@@ -92,7 +92,10 @@ def prepare_open_files(limits: LimitsConfig) -> int:
     raised = f" (raised from {before})" if after != before else ""
     logger.info("Open file limit: %s%s.", _figure(after), raised)
     if effective < limits.max_connections:
-        logger.warning(
+        # A warning when the operator asked for more; the default just follows the system.
+        explicit = "max_connections" in limits.model_fields_set
+        logger.log(
+            logging.WARNING if explicit else logging.INFO,
             "limits.max_connections is %d, but the open file limit of %s holds only %d client "
             "connections (each may need an upstream connection too): accepting up to %d.",
             limits.max_connections,

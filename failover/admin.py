@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -25,13 +26,41 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from .dashboard import dashboard_page
-from .metrics import CONTENT_TYPE
-from .overrides import ACTIONS
+from .engine import Engine
+from .events import EventLog
+from .fleet import Fleet
+from .metrics import CONTENT_TYPE, Metrics
+from .origins import Origin
+from .overrides import ACTIONS, OverrideStore
+from .pool import Pool
+from .runtime import Runtime
 
-if TYPE_CHECKING:
-    from .app import App
+__all__ = ["AdminHost", "build_admin", "client_address", "pool_status"]
 
-__all__ = ["build_admin", "client_address"]
+
+class AdminHost(Protocol):
+    """What the admin routes need of the running proxy (the app provides it)."""
+
+    @property
+    def runtime(self) -> Runtime: ...
+
+    @property
+    def overrides(self) -> OverrideStore: ...
+
+    @property
+    def last_reload(self) -> dict[str, Any] | None: ...
+
+    @property
+    def fleet(self) -> Fleet | None: ...
+
+    @property
+    def events(self) -> EventLog: ...
+
+    @property
+    def metrics(self) -> Metrics | None: ...
+
+    def override(self, origin: Origin, action: str, by: str) -> None: ...
+
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -66,12 +95,12 @@ def _plain(status: int, text: str, **headers: str) -> PlainTextResponse:
     return PlainTextResponse(f"{status} {phrase[status]}: {text}\n", status, headers=headers)
 
 
-def build_admin(app: App) -> Starlette:
-    prefix = app.settings.admin.prefix
+def build_admin(app: AdminHost) -> Starlette:
+    prefix = app.runtime.settings.admin.prefix
     cache: dict[int, tuple[list[Network], list[Network]]] = {}
 
     def networks() -> tuple[list[Network], list[Network]]:
-        admin = app.settings.admin  # re-read: a reload may change them
+        admin = app.runtime.settings.admin  # re-read: a reload may change them
         key = id(admin)
         if key not in cache:
             cache.clear()
@@ -95,13 +124,31 @@ def build_admin(app: App) -> Starlette:
         return PlainTextResponse("ok\n")
 
     async def readyz(request: Request) -> Response:
-        engine = app.engine
-        ready = engine.ready()
-        body = {"ready": ready, "origins": {o.name: o.state for o in engine.origins}}
+        pools = app.runtime.pools
+        name = request.query_params.get("pool")
+        if name is not None:
+            if name not in pools:
+                known = ", ".join(sorted(pools))
+                return _plain(404, f"no pool named {name!r} (known: {known})")
+            pools = {name: pools[name]}
+        readiness = {pool.name: pool.engine.ready() for pool in pools.values()}
+        ready = all(readiness.values())
+        body = {
+            "ready": ready,
+            "pools": readiness,
+            "origins": {o.name: o.state for pool in pools.values() for o in pool.origins},
+        }
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def status(request: Request) -> Response:
-        body = app.engine.status()
+        pools = [pool_status(pool) for pool in app.runtime.pools.values()]
+        body: dict[str, Any] = {
+            "ready": all(pool["ready"] for pool in pools),
+            "pools": pools,
+            "origins": [origin for pool in pools for origin in pool["origins"]],
+        }
+        if len(pools) == 1:
+            body["active"] = pools[0]["active"]  # the single-pool form's one answer
         body["overrides"] = app.overrides.entries
         body["last_reload"] = app.last_reload
         if app.fleet is not None:
@@ -136,7 +183,7 @@ def build_admin(app: App) -> Starlette:
         return HTMLResponse(page, headers=page_headers)
 
     async def override(request: Request) -> Response:
-        token = app.settings.admin.token
+        token = app.runtime.settings.admin.token
         if token is None:
             return _plain(
                 403,
@@ -153,9 +200,9 @@ def build_admin(app: App) -> Starlette:
         action = request.path_params["action"]
         if action not in ACTIONS:
             return _plain(404, f"unknown action {action!r} (known: {', '.join(ACTIONS)})")
-        origin = app.engine.by_name.get(name)
+        origin = app.runtime.origins.get(name)
         if origin is None:
-            known = ", ".join(o.name for o in app.engine.origins)
+            known = ", ".join(app.runtime.origins)
             return _plain(404, f"no origin named {name!r} (known: {known})")
         by = request.query_params.get("by") or client_address(request, networks()[1])
         app.override(origin, action, by)
@@ -180,3 +227,74 @@ def build_admin(app: App) -> Starlette:
             Route(prefix, lambda request: RedirectResponse(f"{prefix}/")),
         ]
     )
+
+
+# -- status JSON ----------------------------------------------------------------------------
+
+
+def pool_status(pool: Pool) -> dict[str, Any]:
+    """A pool as `status` shows it: which origin takes traffic, readiness, each origin."""
+    engine = pool.engine
+    now = engine.clock()
+    active = engine.selector.active(now)
+    return {
+        "name": pool.name,
+        "active": active[0].name if len(active) == 1 else [o.name for o in active] or None,
+        "ready": engine.ready(),
+        "origins": [origin_status(engine, origin, now) for origin in engine.origins],
+    }
+
+
+def origin_status(engine: Engine, origin: Origin, now: float) -> dict[str, Any]:
+    check = engine.checks[origin.name]
+    outlier = engine.outliers[origin.name]
+    failback = engine.selector.failback[origin.name]
+    total, failures, slow = outlier.window(now)
+    next_probe = engine.next_probe_at.get(origin.name)
+    latency = outlier.mean_latency(now)
+    return {
+        "name": origin.name,
+        "pool": origin.pool_name,
+        "url": origin.url,
+        "priority": origin.priority,
+        "weight": origin.weight,
+        "state": origin.state,
+        "usable": origin.usable,
+        "flags": sorted(flag.value for flag in origin.flags),
+        "reason": origin.reason,
+        "since_seconds": round(now - origin.changed_at, 3) if origin.changed_at else None,
+        "check": {
+            "state": check.state.value,
+            "consecutive_passes": check.passes,
+            "consecutive_failures": check.failures,
+            "last": check.last_detail,
+            "next_probe_in": (
+                round(max(0.0, next_probe - now), 3) if next_probe is not None else None
+            ),
+        },
+        "passive": {
+            "consecutive_failures": outlier.consecutive,
+            "requests_in_window": total,
+            "error_rate": round(failures / total, 4) if total else 0.0,
+            "slow_rate": round(slow / total, 4) if total else 0.0,
+            "requests_per_second": round(total / outlier.config.window, 3),
+            "mean_latency_ms": round(latency * 1000, 3) if latency is not None else None,
+            "ejections": outlier.ejections,
+            "ejected_for": (
+                round(max(0.0, outlier.ejected_until - now), 3)
+                if outlier.ejected_until is not None
+                else None
+            ),
+        },
+        "failback": {
+            "hold_down": engine.selector.hold_down_for(origin),
+            "flaps": failback.flaps,
+            "eligible_in": (
+                round(failback.eligible_at - now, 3)
+                if origin.usable
+                and math.isfinite(failback.eligible_at)
+                and failback.eligible_at > now
+                else None
+            ),
+        },
+    }

@@ -3,8 +3,11 @@
 `App` is the ASGI application uvicorn runs. Its lifespan opens the connection pools, starts
 one probe loop per origin, the housekeeping loop, the config watcher and the webhook sender,
 and on shutdown stops and awaits them and closes the pools. Clock and randomness are injected
-here and nowhere else. A config reload builds a new engine and proxy and swaps them in one
-assignment; requests in flight finish on the objects they started with.
+here and nowhere else. A config reload builds a new runtime (router and pools) and proxy and
+swaps them in one assignment; requests in flight finish on the objects they started with.
+
+Admin, fleet and reload get narrow interfaces (the protocols they declare), which `App`
+satisfies; none of them imports this module.
 """
 
 from __future__ import annotations
@@ -19,19 +22,22 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from starlette.types import Message, Receive, Scope, Send
+
 from .admin import build_admin
 from .config import Settings, default_config_path, load_config
 from .engine import Engine
 from .events import Event, EventLog
-from .fleet import Fleet
+from .fleet import Fleet, origin_key
 from .health import ProbeResult, probe_loop
 from .logs import setup_logging
 from .metrics import Metrics
 from .notify import Webhooks
-from .origins import Origin, build_origins
+from .origins import Origin
 from .overrides import OverrideStore
-from .proxy import Message, Proxy, Receive, Scope, Send
+from .proxy import Proxy
 from .reload import Reloader
+from .runtime import Runtime, build_runtime
 from .upstream import Upstream
 
 __all__ = ["App", "create_app"]
@@ -51,7 +57,6 @@ class App:
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
-        self.settings = settings
         self.clock = clock
         self.wall_clock = wall_clock
         self.rng = rng or random.Random()
@@ -70,14 +75,17 @@ class App:
             self.events.subscribe(self._count_event)
         self.overrides = OverrideStore(settings.admin.state_file, wall_clock)
         self.overrides.load()
-        self.upstream = Upstream(settings, self.metrics.resend if self.metrics else None)
-        self.admin = build_admin(self)
+        self.upstream = Upstream(
+            settings.proxy.max_connections_per_origin,
+            self.metrics.resend if self.metrics else None,
+        )
         self.fleet = Fleet(self, settings.fleet, wall_clock) if settings.fleet else None
         if self.fleet is not None:
             self.events.subscribe(self.fleet.event)
-        self.engine = self._engine(settings, None)
+        self.runtime = self._runtime(settings, None)
+        self.admin = build_admin(self)
         self.apply_overrides()
-        self.proxy = self._proxy(settings, None)
+        self.proxy = self._proxy(self.runtime)
         path = Path(config_path) if config_path else None
         state = Path(settings.admin.state_file) if settings.admin.state_file else None
         self.reloader = Reloader(self, path, state)
@@ -86,20 +94,36 @@ class App:
         self.probes: dict[str, asyncio.Task[None]] = {}
 
     @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    @property
     def origins(self) -> list[Origin]:
-        return self.engine.origins
+        """Every origin of every pool."""
+        return list(self.runtime.origins.values())
 
-    def _engine(self, settings: Settings, previous: Engine | None) -> Engine:
-        engine = Engine(settings, build_origins(settings), self.events, self.clock, previous)
-        if self.fleet is not None:
-            engine.on_eject = self.fleet.ejected
-        return engine
+    @property
+    def engine(self) -> Engine:
+        """The first pool's engine: the only one in the single-pool form of the config."""
+        return next(iter(self.runtime.pools.values())).engine
 
-    def _proxy(self, settings: Settings, previous: Proxy | None) -> Proxy:
-        proxy = Proxy(settings, self.engine, self.upstream, self.admin, self.clock, self.metrics)
-        if previous is not None and previous.settings.stale == settings.stale:
-            proxy.stale = previous.stale  # a reload keeps the stored copies
-        return proxy
+    def engine_of(self, name: str) -> Engine | None:
+        return self.runtime.engine_of(name)
+
+    def _runtime(self, settings: Settings, previous: Runtime | None) -> Runtime:
+        on_eject = self.fleet.ejected if self.fleet is not None else None
+        return build_runtime(settings, self.events, self.clock, previous, on_eject)
+
+    def _proxy(self, runtime: Runtime) -> Proxy:
+        return Proxy(
+            runtime.settings,
+            runtime.pools,
+            runtime.router,
+            self.upstream,
+            self.admin,
+            self.clock,
+            self.metrics,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -142,8 +166,9 @@ class App:
                 signal.SIGHUP, self.reloader.reload, "SIGHUP"
             )
         self._update_gauges()
-        names = ", ".join(f"{o.name} (priority {o.priority})" for o in self.origins)
-        logger.info("Proxying to %s.", names)
+        for name, pool in self.runtime.pools.items():
+            names = ", ".join(f"{o.name} (priority {o.priority})" for o in pool.origins)
+            logger.info("Pool %s: proxying to %s.", name, names)
 
     async def shutdown(self) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -182,10 +207,10 @@ class App:
         }
 
     async def _probe(self, origin: Origin) -> None:
-        engine, fleet = self.engine, self.fleet
+        engine, fleet = self.runtime.pool_of(origin).engine, self.fleet
 
         async def probe() -> ProbeResult | None:
-            if fleet is not None and not fleet.should_probe(origin.name):
+            if fleet is not None and not fleet.should_probe(origin_key(origin)):
                 return None  # another process of the fleet probes this origin
             return await self.upstream.probe(origin)
 
@@ -203,7 +228,8 @@ class App:
         while True:
             await asyncio.sleep(TICK)
             try:
-                self.engine.tick()
+                for pool in self.runtime.pools.values():
+                    pool.engine.tick()
                 if self.metrics is not None:
                     self.metrics.flush()
             except Exception:
@@ -221,7 +247,7 @@ class App:
     def apply(self, settings: Settings, trigger: str = "reload") -> None:
         """Swap in a validated config."""
         old = self.settings
-        for key in ("listen", "admin", "fleet"):
+        for key in ("listen", "admin", "fleet", "limits"):
             before, after = getattr(old, key), getattr(settings, key)
             if key == "admin":
                 before, after = before.prefix, after.prefix
@@ -233,25 +259,29 @@ class App:
                     before,
                     after,
                 )
-        previous = self.engine
-        engine = self._engine(settings, previous)
-        retired = self.upstream.sync(settings, engine.origins)
-        self.settings = settings
-        self.engine = engine
+        previous = self.runtime
+        runtime = self._runtime(settings, previous)
+        retired = self.upstream.sync(
+            settings.proxy.max_connections_per_origin, list(runtime.origins.values())
+        )
+        self.runtime = runtime
         self.apply_overrides()
-        self.proxy = self._proxy(settings, self.proxy)
+        self.proxy = self._proxy(runtime)
         if retired:
-            grace = settings.timeouts.first_byte + settings.timeouts.idle
+            grace = max(p.timeouts.first_byte + p.timeouts.idle for p in settings.pools.values())
             self.spawn(self._close_later(retired, grace), "close retired pools")
         self._start_probes()
-        kept = {o.name for o in previous.origins} & {o.name for o in engine.origins}
-        added = sorted({o.name for o in engine.origins} - kept)
-        removed = sorted({o.name for o in previous.origins} - kept)
-        summary = f"{trigger}: {len(engine.origins)} origins"
-        if added:
-            summary += f", added {', '.join(added)}"
-        if removed:
-            summary += f", removed {', '.join(removed)}"
+        summary = f"{trigger}: {len(runtime.pools)} pools, {len(runtime.origins)} origins"
+        for what, new, old_names in (
+            ("pools", runtime.pools, previous.pools),
+            ("origins", runtime.origins, previous.origins),
+        ):
+            added = sorted(set(new) - set(old_names))
+            removed = sorted(set(old_names) - set(new))
+            if added:
+                summary += f", added {what} {', '.join(added)}"
+            if removed:
+                summary += f", removed {what} {', '.join(removed)}"
         self.last_reload = {"result": "ok", "at": self.wall_clock(), "trigger": trigger}
         if self.metrics is not None:
             self.metrics.reloads.labels("ok").inc()
@@ -275,7 +305,7 @@ class App:
 
     def override(self, origin: Origin, action: str, by: str) -> None:
         entry = self.overrides.set(origin.name, action, by)
-        self.engine.override(origin, action, by)
+        self.runtime.pool_of(origin).engine.override(origin, action, by)
         if self.fleet is not None:
             self.fleet.override(origin.name, entry)
 
@@ -284,23 +314,28 @@ class App:
             self.apply_overrides()
 
     def apply_overrides(self) -> None:
-        for origin in self.engine.origins:
-            entry = self.overrides.entries.get(origin.name, {"action": "enable", "by": "default"})
-            self.engine.override(origin, entry["action"], str(entry.get("by", "?")))
+        for pool in self.runtime.pools.values():
+            for origin in pool.origins:
+                default = {"action": "enable", "by": "default"}
+                entry = self.overrides.entries.get(origin.name, default)
+                pool.engine.override(origin, entry["action"], str(entry.get("by", "?")))
 
     # -- metrics ----------------------------------------------------------------------------
 
     def _count_event(self, event: Event) -> None:
         assert self.metrics is not None
         if event.kind == "traffic-moved":
-            self.metrics.failovers.labels(event.old, event.new).inc()
+            self.metrics.failovers.labels(event.pool, event.old, event.new).inc()
         self._update_gauges()
 
     def _update_gauges(self) -> None:
         if self.metrics is None:
             return
-        active = {o.name for o in self.engine.selector.tier}
-        self.metrics.origins((o.name, o.usable, o.name in active) for o in self.origins)
+        for pool in self.runtime.pools.values():
+            active = {o.name for o in pool.engine.selector.tier}
+            self.metrics.origins(
+                (pool.name, o.name, o.usable, o.name in active) for o in pool.origins
+            )
 
 
 def create_app(config_path: str | Path | None = None) -> App:

@@ -97,8 +97,14 @@ def _check(path: Path) -> int:
         return 2
     for line in settings.warnings():
         print(f"warning: {line}", file=sys.stderr)
-    origins = ", ".join(f"{o.name} (priority {o.priority})" for o in settings.origins)
-    print(f"{path}: ok; origins: {origins}")
+    if settings.origins is not None:  # the single-pool form
+        origins = ", ".join(f"{o.name} (priority {o.priority})" for o in settings.origins)
+        print(f"{path}: ok; origins: {origins}")
+        return 0
+    print(f"{path}: ok; {len(settings.pools)} pools, {len(settings.routes)} routes")
+    for name, pool in settings.pools.items():
+        origins = ", ".join(f"{o.name} (priority {o.priority})" for o in pool.origins)
+        print(f"  pool {name}: {origins}")
     return 0
 
 

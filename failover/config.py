@@ -509,6 +509,7 @@ UpstreamClient = Literal["native"]
 class ProxyConfig(_Block):
     origin_header: bool = True
     attempts_header: bool = True
+    rewrite_location: bool = True
     via: str = "failover"
     max_connections_per_origin: int = Field(1000, ge=1, le=1_000_000)
     client: UpstreamClient = "native"
@@ -579,6 +580,64 @@ class FleetConfig(_Block):
 AllDown = Literal["try-all", "503", "stale"]
 
 
+class PoolProxyConfig(_Block):
+    """The keys of the `proxy` block that a pool may set for itself."""
+
+    origin_header: bool = True
+    attempts_header: bool = True
+    rewrite_location: bool = True
+
+
+# Blocks of the top level that each pool inherits and may override key by key.
+POOL_BLOCKS = ("health", "passive", "failback", "retry", "timeouts", "stale", "proxy")
+
+
+class PoolConfig(_Block):
+    """One pool: its origins and its policies, the top-level blocks with the pool's own keys
+    laid over them (`Settings` does the laying over)."""
+
+    origins: list[OriginConfig]
+    health: HealthConfig = HealthConfig()
+    passive: PassiveConfig = PassiveConfig()
+    failback: FailbackConfig = FailbackConfig()
+    retry: RetryConfig = RetryConfig()
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    stale: StaleConfig = StaleConfig()
+    proxy: PoolProxyConfig = PoolProxyConfig()
+    all_down: AllDown = "try-all"
+
+    @model_validator(mode="after")
+    def _stale(self) -> PoolConfig:
+        if self.all_down == "stale" and not self.stale.enabled:
+            raise ValueError("all_down: 'stale' needs stale.enabled: true")
+        return self
+
+    @field_validator("origins")
+    @classmethod
+    def _origins(cls, value: list[OriginConfig]) -> list[OriginConfig]:
+        if not value:
+            raise ValueError("at least one origin is required")
+        return value
+
+    def health_for(self, origin: OriginConfig) -> HealthConfig:
+        """The origin's effective health settings: its override over the pool's block."""
+        override = origin.health.model_dump(exclude_none=True)
+        return self.health.model_copy(update=override) if override else self.health
+
+
+class RouteConfig(_Block):
+    """Requests whose Host and path match go to `pool` (see failover.router for the rules)."""
+
+    pool: str
+    host: str | None = None
+    path: str | None = None
+    strip_prefix: bool = False
+    host_header: str | None = None
+
+
+DEFAULT_POOL = "default"
+
+
 class Settings(BaseSettings):
     """The whole configuration. Build it with `load_config`, never mutate it."""
 
@@ -592,7 +651,10 @@ class Settings(BaseSettings):
     )
 
     listen: ListenConfig = ListenConfig()
-    origins: list[OriginConfig]
+    # Either `origins` (one pool, named "default", with a catch-all route) or `pools`.
+    origins: list[OriginConfig] | None = None
+    pools: dict[str, PoolConfig] = {}
+    routes: list[RouteConfig] = []
     health: HealthConfig = HealthConfig()
     passive: PassiveConfig = PassiveConfig()
     failback: FailbackConfig = FailbackConfig()
@@ -621,28 +683,69 @@ class Settings(BaseSettings):
         # Order is priority: the environment overrides what the file (passed as init) says.
         return (env_settings, init_settings)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit(cls, data: Any) -> Any:
+        """Each pool takes the top-level blocks and lays its own keys over them."""
+        if not isinstance(data, dict) or not isinstance(data.get("pools"), dict):
+            return data
+        pools: dict[Any, Any] = {}
+        for name, pool in data["pools"].items():
+            if isinstance(pool, dict):
+                pool = dict(pool)
+                for block in POOL_BLOCKS:
+                    top, own = data.get(block), pool.get(block, {})
+                    if isinstance(top, BaseModel):
+                        top = top.model_dump(exclude_unset=True)
+                    if isinstance(top, dict) and isinstance(own, dict):
+                        if block == "proxy":
+                            top = {
+                                k: v for k, v in top.items() if k in PoolProxyConfig.model_fields
+                            }
+                        pool[block] = {**top, **own}
+                if "all_down" in data:
+                    pool.setdefault("all_down", data["all_down"])
+            pools[name] = pool
+        return {**data, "pools": pools}
+
     @model_validator(mode="after")
-    def _stale(self) -> Settings:
+    def _one_form(self) -> Settings:
         if self.all_down == "stale" and not self.stale.enabled:
             raise ValueError("all_down: 'stale' needs stale.enabled: true")
+        if self.origins is not None and self.pools:
+            raise ValueError("origins: give origins (one pool) or pools (several), not both")
+        if self.origins is None and not self.pools:
+            raise ValueError("origins: is required (or pools, for several sites)")
+        if self.origins is not None:
+            if not self.origins:
+                raise ValueError("origins: at least one origin is required")
+            if self.routes:
+                raise ValueError("routes: need pools (with origins alone, all goes to them)")
+            # The single-pool form: one pool named "default" and a catch-all route.
+            default = PoolConfig.model_construct(
+                origins=self.origins,
+                health=self.health,
+                passive=self.passive,
+                failback=self.failback,
+                retry=self.retry,
+                timeouts=self.timeouts,
+                stale=self.stale,
+                proxy=PoolProxyConfig(
+                    origin_header=self.proxy.origin_header,
+                    attempts_header=self.proxy.attempts_header,
+                    rewrite_location=self.proxy.rewrite_location,
+                ),
+                all_down=self.all_down,
+            )
+            object.__setattr__(self, "pools", {DEFAULT_POOL: default})
+            object.__setattr__(self, "routes", [RouteConfig(pool=DEFAULT_POOL)])
+        elif not self.routes and len(self.pools) == 1:
+            object.__setattr__(self, "routes", [RouteConfig(pool=next(iter(self.pools)))])
         return self
 
-    @field_validator("origins")
-    @classmethod
-    def _origins(cls, value: list[OriginConfig]) -> list[OriginConfig]:
-        if not value:
-            raise ValueError("at least one origin is required")
-        seen: set[str] = set()
-        for origin in value:
-            if origin.name in seen:
-                raise ValueError(f"duplicate origin name {quote(origin.name)}")
-            seen.add(origin.name)
-        return value
-
-    def health_for(self, origin: OriginConfig) -> HealthConfig:
-        """The origin's effective health settings: its override over the top-level block."""
-        override = origin.health.model_dump(exclude_none=True)
-        return self.health.model_copy(update=override) if override else self.health
+    def all_origins(self) -> list[tuple[str, OriginConfig]]:
+        """Every origin of every pool, with its pool's name, in config order."""
+        return [(name, o) for name, pool in self.pools.items() for o in pool.origins]
 
     def warnings(self) -> list[str]:
         """What is valid but unwise, one line each (`check` prints them, `run` logs them)."""
@@ -712,9 +815,45 @@ def build_settings(data: dict[str, Any]) -> Settings:
         # An environment variable for a list or mapping that does not parse as JSON.
         problems += _environment_problems() or [f"environment: {quote(str(exc), 200)}"]
     else:
+        problems += _pool_problems(settings, data)
         if not problems:
             return settings
     raise ConfigError(_bounded(problems, undescribed))
+
+
+def _pool_problems(settings: Settings, data: dict[str, Any]) -> list[str]:
+    """What only the whole config shows: pool names, origin names across pools, routes."""
+    from .router import Route, check_routes  # pure; imported here to keep config.py first
+
+    problems: list[str] = []
+    if "pools" in data:
+        for name in settings.pools:
+            if not _NAME.fullmatch(name) or len(name) > 60:
+                problems.append(
+                    f"pools: {quote(name)} is not a pool name (letters, digits, '-' and '_')"
+                )
+    owners: dict[str, str] = {}
+    for pool, origin in settings.all_origins():
+        if origin.name in owners:
+            where = "origins" if settings.origins is not None else "pools"
+            also = "" if where == "origins" else f" (pools {owners[origin.name]} and {pool})"
+            problem = f"{where}: duplicate origin name {quote(origin.name)}{also}"
+            if problem not in problems:
+                problems.append(problem)
+        else:
+            owners[origin.name] = pool
+    routes = [
+        Route(
+            pool=r.pool,
+            host=r.host,
+            path=r.path,
+            strip_prefix=r.strip_prefix,
+            host_header=r.host_header,
+        )
+        for r in settings.routes
+    ]
+    problems += check_routes(routes, settings.pools)
+    return problems
 
 
 def _bounded(problems: list[str], more: int) -> list[str]:
@@ -807,4 +946,9 @@ def _describe(error: Any) -> str:
         message = "is required"
     elif loc not in _SECRETS:
         message = f"{message}, got {quote(error['input'])}"
+    if loc == "(top level)" and _KEYED.match(message):
+        return message  # a check of the whole config that names its key itself
     return f"{loc}: {' '.join(message.splitlines())}"
+
+
+_KEYED = re.compile(r"(?:origins|pools|routes|all_down): ")

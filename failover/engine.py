@@ -6,11 +6,9 @@ reason and tells the selector. Pure: the clock is injected, nothing here does I/
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from typing import Any
 
-from .config import Settings
+from .config import PoolConfig
 from .events import EventLog
 from .health import CheckState, HealthCheck, ProbeResult
 from .origins import Flag, Origin
@@ -23,13 +21,15 @@ __all__ = ["Engine"]
 class Engine:
     def __init__(
         self,
-        settings: Settings,
+        settings: PoolConfig,
         origins: list[Origin],
         events: EventLog,
         clock: Callable[[], float],
         previous: Engine | None = None,
+        pool: str = "default",
     ) -> None:
         self.settings = settings
+        self.pool = pool
         self.origins = origins
         self.by_name = {origin.name: origin for origin in origins}
         self.events = events
@@ -76,6 +76,7 @@ class Engine:
                 ",".join(old_tier) or "none",
                 ",".join(new_tier) or "none",
                 "config reload",
+                self.pool,
             )
 
     # -- transitions ------------------------------------------------------------------------
@@ -92,7 +93,7 @@ class Engine:
             origin.flags.discard(flag)
         origin.reason = reason
         origin.changed_at = now
-        self.events.emit(kind, origin.name, old_state, origin.state, reason)
+        self.events.emit(kind, origin.name, old_state, origin.state, reason, self.pool)
         if was_usable and not origin.usable:
             self.selector.origin_down(origin, now)
         elif origin.usable and not was_usable:
@@ -106,6 +107,7 @@ class Engine:
             ",".join(o.name for o in old) or "none",
             ",".join(o.name for o in new) or "none",
             reason,
+            self.pool,
         )
 
     def override(self, origin: Origin, action: str, by: str) -> None:
@@ -190,68 +192,3 @@ class Engine:
             return False
         probed = all(self.checks[o.name].probes > 0 for o in self.origins if o.health.enabled)
         return probed or self.clock() - self.started_at >= self.settings.health.startup_grace
-
-    def status(self) -> dict[str, Any]:
-        now = self.clock()
-        active = self.selector.active(now)
-        return {
-            "active": active[0].name if len(active) == 1 else [o.name for o in active] or None,
-            "ready": self.ready(),
-            "origins": [self._origin_status(origin, now) for origin in self.origins],
-        }
-
-    def _origin_status(self, origin: Origin, now: float) -> dict[str, Any]:
-        check = self.checks[origin.name]
-        outlier = self.outliers[origin.name]
-        failback = self.selector.failback[origin.name]
-        total, failures, slow = outlier.window(now)
-        next_probe = self.next_probe_at.get(origin.name)
-        return {
-            "name": origin.name,
-            "url": origin.url,
-            "priority": origin.priority,
-            "weight": origin.weight,
-            "state": origin.state,
-            "usable": origin.usable,
-            "flags": sorted(flag.value for flag in origin.flags),
-            "reason": origin.reason,
-            "since_seconds": round(now - origin.changed_at, 3) if origin.changed_at else None,
-            "check": {
-                "state": check.state.value,
-                "consecutive_passes": check.passes,
-                "consecutive_failures": check.failures,
-                "last": check.last_detail,
-                "next_probe_in": (
-                    round(max(0.0, next_probe - now), 3) if next_probe is not None else None
-                ),
-            },
-            "passive": {
-                "consecutive_failures": outlier.consecutive,
-                "requests_in_window": total,
-                "error_rate": round(failures / total, 4) if total else 0.0,
-                "slow_rate": round(slow / total, 4) if total else 0.0,
-                "requests_per_second": round(total / outlier.config.window, 3),
-                "mean_latency_ms": (
-                    round(latency * 1000, 3)
-                    if (latency := outlier.mean_latency(now)) is not None
-                    else None
-                ),
-                "ejections": outlier.ejections,
-                "ejected_for": (
-                    round(max(0.0, outlier.ejected_until - now), 3)
-                    if outlier.ejected_until is not None
-                    else None
-                ),
-            },
-            "failback": {
-                "hold_down": self.selector.hold_down_for(origin),
-                "flaps": failback.flaps,
-                "eligible_in": (
-                    round(failback.eligible_at - now, 3)
-                    if origin.usable
-                    and math.isfinite(failback.eligible_at)
-                    and failback.eligible_at > now
-                    else None
-                ),
-            },
-        }

@@ -21,6 +21,7 @@ class Event:
     old: str
     new: str
     reason: str
+    pool: str = "-"  # the pool of the origin, "-" for events of the whole proxy
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -37,10 +38,20 @@ class EventLog:
     def subscribe(self, listener: Callable[[Event], None]) -> None:
         self._listeners.append(listener)
 
-    def emit(self, kind: str, origin: str, old: str, new: str, reason: str) -> Event:
-        event = Event(self._wall_clock(), kind, origin, old, new, reason)
+    def emit(
+        self, kind: str, origin: str, old: str, new: str, reason: str, pool: str = "-"
+    ) -> Event:
+        event = Event(self._wall_clock(), kind, origin, old, new, reason, pool)
         self._events.append(event)
-        logger.warning("event=%s origin=%s old=%s new=%s reason=%r", kind, origin, old, new, reason)
+        logger.warning(
+            "event=%s pool=%s origin=%s old=%s new=%s reason=%r",
+            kind,
+            pool,
+            origin,
+            old,
+            new,
+            reason,
+        )
         for listener in self._listeners:
             try:
                 listener(event)

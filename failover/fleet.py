@@ -25,22 +25,43 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .config import FleetConfig
+from .engine import Engine
 from .events import Event
 from .health import ProbeResult
 from .origins import Origin
+from .overrides import OverrideStore
 
-if TYPE_CHECKING:
-    from .app import App
+__all__ = ["Fleet", "FleetError", "FleetHost", "origin_key"]
 
-__all__ = ["Fleet", "FleetError"]
+
+class FleetHost(Protocol):
+    """What fleet mode needs of the running proxy (the app provides it)."""
+
+    @property
+    def overrides(self) -> OverrideStore: ...
+
+    @property
+    def origins(self) -> list[Origin]: ...
+
+    def engine_of(self, name: str) -> Engine | None: ...
+
+    def apply_overrides(self) -> None: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]: ...
+
+
+def origin_key(origin: Origin) -> str:
+    """An origin as the fleet names it: with its pool, so two pools never share evidence."""
+    return f"{origin.pool_name}/{origin.name}"
+
 
 logger = logging.getLogger("failover.fleet")
 
@@ -72,7 +93,9 @@ def describe_redis_error(exc: BaseException) -> str:
 
 
 class Fleet:
-    def __init__(self, app: App, config: FleetConfig, wall_clock: Callable[[], float]) -> None:
+    def __init__(
+        self, app: FleetHost, config: FleetConfig, wall_clock: Callable[[], float]
+    ) -> None:
         self.app = app
         self.config = config
         self.wall_clock = wall_clock
@@ -121,12 +144,20 @@ class Fleet:
     def probed(self, origin: Origin, result: ProbeResult) -> None:
         if self.connected:
             self._publish(
-                {"type": "probe", "origin": origin.name, "ok": result.ok, "detail": result.detail}
+                {
+                    "type": "probe",
+                    "pool": origin.pool_name,
+                    "origin": origin.name,
+                    "ok": result.ok,
+                    "detail": result.detail,
+                }
             )
 
     def ejected(self, origin: Origin, reason: str) -> None:
         if self.connected:
-            self._publish({"type": "eject", "origin": origin.name, "reason": reason})
+            self._publish(
+                {"type": "eject", "pool": origin.pool_name, "origin": origin.name, "reason": reason}
+            )
 
     def override(self, name: str, entry: dict[str, Any]) -> None:
         if self.connected:
@@ -230,14 +261,15 @@ class Fleet:
             for origin in self.app.origins:
                 if not origin.health.enabled:
                     continue
-                key = self.lease_prefix + origin.name
-                if origin.name in self.holding:
+                name = origin_key(origin)
+                key = self.lease_prefix + name
+                if name in self.holding:
                     if not await renew(keys=[key], args=[self.id, lease_ms]):
-                        self.holding.discard(origin.name)
-                        logger.info("Lost the probe lease of %s.", origin.name)
+                        self.holding.discard(name)
+                        logger.info("Lost the probe lease of %s.", name)
                 elif await self.redis.set(key, self.id, nx=True, px=lease_ms):
-                    self.holding.add(origin.name)
-                    logger.info("Took the probe lease of %s.", origin.name)
+                    self.holding.add(name)
+                    logger.info("Took the probe lease of %s.", name)
             _honour_cancel()
             await asyncio.sleep(pause)
 
@@ -283,13 +315,15 @@ class Fleet:
         if message.get("from") == self.id:
             return
         kind = message["type"]
-        engine = self.app.engine
         if kind == "override":
             self._adopt({message["origin"]: message["entry"]})
             return
-        origin = engine.by_name.get(message.get("origin", ""))
-        if origin is None:
+        engine = self.app.engine_of(message.get("origin", ""))
+        if engine is None:
             return
+        origin = engine.by_name[message["origin"]]
+        if message.get("pool") != origin.pool_name:
+            return  # evidence about an origin of that name in another pool
         if kind == "probe":
             engine.on_probe(origin, ProbeResult(bool(message["ok"]), str(message["detail"])))
         elif kind == "eject":
@@ -304,13 +338,17 @@ class Fleet:
             _honour_cancel()
             await asyncio.sleep(self.config.publish_interval)
             for origin in self.app.origins:
-                total, failures, slow = self.app.engine.outliers[origin.name].take_local()
+                engine = self.app.engine_of(origin.name)
+                if engine is None:
+                    continue
+                total, failures, slow = engine.outliers[origin.name].take_local()
                 if total:
                     await self.redis.publish(
                         self.channel,
                         json.dumps(
                             {
                                 "type": "passive",
+                                "pool": origin.pool_name,
                                 "origin": origin.name,
                                 "total": total,
                                 "failures": failures,

@@ -1,4 +1,9 @@
-"""Response header rewriting that keeps the client on the proxy. Pure: no I/O.
+"""What the proxy does to headers, both ways. Pure: no I/O.
+
+`request_headers` and `response_headers` drop hop-by-hop headers (RFC 9110 section 7.6.1, and
+every header that Connection names), add X-Forwarded-* and Via, and rewrite Location.
+
+Response header rewriting that keeps the client on the proxy:
 
 `LocationRewriter` does what nginx's `proxy_redirect default` does. An origin that redirects
 to its own absolute address (`Location: http://10.0.0.5:8080/login`) would send the client
@@ -25,7 +30,38 @@ import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-__all__ = ["LOCATION_HEADERS", "LocationRewriter"]
+__all__ = [
+    "HOP_BY_HOP",
+    "LOCATION_HEADERS",
+    "LocationRewriter",
+    "request_headers",
+    "response_headers",
+]
+
+# RFC 9110 section 7.6.1, plus Proxy-Connection (a non-standard relic).
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Request headers not passed on as they are: the hop-by-hop ones, Expect (the proxy answers
+# 100-continue itself), Host (set per origin) and the ones the proxy writes itself.
+_REQUEST_DROP = HOP_BY_HOP | {
+    b"expect",
+    b"host",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"via",
+}
 
 LOCATION_HEADERS = frozenset({b"location", b"content-location", b"refresh"})
 
@@ -142,3 +178,89 @@ class LocationRewriter:
         elif rest[:1] != b"/":
             rest = b"/" + rest
         return head + client_host.encode("latin-1") + rest
+
+
+def _connection_tokens(value: bytes) -> set[bytes]:
+    return {token.strip().lower() for token in value.split(b",") if token.strip()}
+
+
+def request_headers(
+    raw: list[tuple[bytes, bytes]],
+    client_address: str | None,
+    scheme: str,
+    http_version: str,
+    via_name: str,
+) -> tuple[list[tuple[str, str]], str | None, int | None, bool]:
+    """Headers to send upstream (Host comes per origin), the client's Host, the body's length
+    (0 for none, None when chunked), whether an Idempotency-Key was sent."""
+    drop = _REQUEST_DROP
+    for name, value in raw:
+        if name == b"connection":
+            drop = drop | _connection_tokens(value)
+    out: list[tuple[str, str]] = []
+    client_host: str | None = None
+    forwarded_for: list[str] = []
+    via: list[str] = []
+    length: int | None = 0
+    idempotency_key = False
+    for name, value in raw:
+        if name in drop:
+            if name == b"host":
+                client_host = value.decode("latin-1")
+            elif name == b"x-forwarded-for":
+                forwarded_for.append(value.decode("latin-1"))
+            elif name == b"via":
+                via.append(value.decode("latin-1"))
+            elif name == b"transfer-encoding":
+                length = None
+            continue
+        if name == b"content-length":
+            if length is not None:  # the parser has checked that it is a number
+                length = int(value)
+        elif name == b"idempotency-key":
+            idempotency_key = True
+        out.append((name.decode("latin-1"), value.decode("latin-1")))
+    if client_address:
+        forwarded_for.append(client_address)
+    if forwarded_for:
+        out.append(("X-Forwarded-For", ", ".join(forwarded_for)))
+    out.append(("X-Forwarded-Proto", scheme))
+    if client_host is not None:
+        out.append(("X-Forwarded-Host", client_host))
+    via.append(f"{http_version} {via_name}")
+    out.append(("Via", ", ".join(via)))
+    return out, client_host, length, idempotency_key
+
+
+def response_headers(
+    raw: Iterable[tuple[bytes, bytes]],
+    status: int,
+    via_header: bytes,
+    rewriter: LocationRewriter | None,
+    client_scheme: str,
+    client_host: str | None,
+    mount: str = "",
+) -> list[tuple[bytes, bytes]]:
+    """The origin's headers as the client gets them: names in lower case, hop-by-hop ones
+    dropped, Via appended, Location rewritten (with a `rewriter`), a 204's Content-Length
+    dropped (RFC 9110 section 8.6)."""
+    out: list[tuple[bytes, bytes]] = []
+    named: set[bytes] = set()  # headers that Connection names: hop-by-hop as well
+    via = b""
+    for name, value in raw:
+        lower = name.lower()
+        if lower in HOP_BY_HOP:
+            if lower == b"connection":
+                named |= _connection_tokens(value)
+        elif lower == b"via":
+            via += value + b", "
+        elif lower in LOCATION_HEADERS and rewriter is not None:
+            rewritten = rewriter.rewrite(lower, value, client_scheme, client_host, mount)
+            out.append((lower, value if rewritten is None else rewritten))
+        elif lower != b"content-length" or status != 204:
+            out.append((lower, value))
+    named -= HOP_BY_HOP  # usually `Connection: keep-alive`: nothing more to drop
+    if named:
+        out = [pair for pair in out if pair[0] not in named]
+    out.append((b"via", via + via_header))
+    return out

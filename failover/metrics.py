@@ -29,14 +29,14 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "failover_requests",
-            "Requests answered, by origin and status.",
-            ["origin", "code"],
+            "Requests answered, by pool, origin and status.",
+            ["pool", "origin", "code"],
             registry=r,
         )
         self.attempts = Counter(
             "failover_upstream_attempts",
             "Attempts sent to origins, by result.",
-            ["origin", "result"],
+            ["pool", "origin", "result"],
             registry=r,
         )
         self.duration = Histogram(
@@ -48,41 +48,41 @@ class Metrics:
         self.up = Gauge(
             "failover_origin_up",
             "1 if the origin is usable.",
-            ["origin"],
+            ["pool", "origin"],
             registry=r,
             multiprocess_mode="livemin",
         )
         self.active = Gauge(
             "failover_origin_active",
             "1 if the origin takes new traffic.",
-            ["origin"],
+            ["pool", "origin"],
             registry=r,
             multiprocess_mode="livemax",
         )
         self.failovers = Counter(
             "failover_failovers",
             "Traffic moves between origins.",
-            ["from_origin", "to_origin"],
+            ["pool", "from_origin", "to_origin"],
             registry=r,
         )
         self.retries = Counter(
             "failover_retries",
             "Retries, by the failure that caused them.",
-            ["reason"],
+            ["pool", "reason"],
             registry=r,
         )
         self.resends = Counter(
             "failover_upstream_resends",
             "Requests sent again on a new connection because the pooled one was found closed "
             "by the origin before the request reached it.",
-            ["origin"],
+            ["pool", "origin"],
             registry=r,
         )
         self.pool_full = Counter(
             "failover_upstream_pool_full",
             "Attempts given up because every pooled connection to the origin stayed busy "
             "(answered 503; not counted against the origin).",
-            ["origin"],
+            ["pool", "origin"],
             registry=r,
         )
         self.reloads = Counter(
@@ -99,42 +99,43 @@ class Metrics:
         # The hot path only adds to plain dicts and lists (no locks, no label look-ups);
         # `flush` hands the sums to prometheus_client on every scrape and, so that other
         # workers' files stay current, once a second from the app's housekeeping.
-        self._requests: dict[tuple[str, int], int] = {}
-        self._attempts: dict[tuple[str, str | int], int] = {}
-        self._retries: dict[str | int, int] = {}
+        self._requests: dict[tuple[str, str, int], int] = {}
+        self._attempts: dict[tuple[str, str, str | int], int] = {}
+        self._retries: dict[tuple[str, str | int], int] = {}
         self._bounds = (*_BUCKETS, float("inf"))
         self._counts = [0] * len(self._bounds)
         self._sum = 0.0
 
-    def request(self, origin: str, code: int, seconds: float) -> None:
-        key = (origin, code)
+    def request(self, pool: str, origin: str, code: int, seconds: float) -> None:
+        key = (pool, origin, code)
         self._requests[key] = self._requests.get(key, 0) + 1
         self._counts[bisect_left(self._bounds, seconds)] += 1
         self._sum += seconds
 
-    def attempt(self, origin: str, result: str | int) -> None:
-        key = (origin, result)
+    def attempt(self, pool: str, origin: str, result: str | int) -> None:
+        key = (pool, origin, result)
         self._attempts[key] = self._attempts.get(key, 0) + 1
         if result == "pool-full":
-            self.pool_full.labels(origin).inc()
+            self.pool_full.labels(pool, origin).inc()
 
-    def resend(self, origin: str) -> None:
-        self.resends.labels(origin).inc()
+    def resend(self, pool: str, origin: str) -> None:
+        self.resends.labels(pool, origin).inc()
 
-    def retry(self, reason: str | int) -> None:
-        self._retries[reason] = self._retries.get(reason, 0) + 1
+    def retry(self, pool: str, reason: str | int) -> None:
+        key = (pool, reason)
+        self._retries[key] = self._retries.get(key, 0) + 1
 
     def flush(self) -> None:
         """Move what the hot path counted into the Prometheus metrics."""
         requests, self._requests = self._requests, {}
-        for (origin, code), n in requests.items():
-            self.requests.labels(origin, str(code)).inc(n)
+        for (pool, origin, code), n in requests.items():
+            self.requests.labels(pool, origin, str(code)).inc(n)
         attempts, self._attempts = self._attempts, {}
-        for (origin, result), n in attempts.items():
-            self.attempts.labels(origin, str(result)).inc(n)
+        for (pool, origin, result), n in attempts.items():
+            self.attempts.labels(pool, origin, str(result)).inc(n)
         retries, self._retries = self._retries, {}
-        for reason, n in retries.items():
-            self.retries.labels(str(reason)).inc(n)
+        for (pool, reason), n in retries.items():
+            self.retries.labels(pool, str(reason)).inc(n)
         counts, self._counts = self._counts, [0] * len(self._bounds)
         total, self._sum = self._sum, 0.0
         if any(counts):
@@ -146,11 +147,11 @@ class Metrics:
                     value.inc(n)
             histogram._sum.inc(total)
 
-    def origins(self, states: Iterable[tuple[str, bool, bool]]) -> None:
-        """Set the per-origin gauges from (name, usable, active) triples."""
-        for name, usable, active in states:
-            self.up.labels(name).set(1 if usable else 0)
-            self.active.labels(name).set(1 if active else 0)
+    def origins(self, states: Iterable[tuple[str, str, bool, bool]]) -> None:
+        """Set the per-origin gauges from (pool, name, usable, active)."""
+        for pool, name, usable, active in states:
+            self.up.labels(pool, name).set(1 if usable else 0)
+            self.active.labels(pool, name).set(1 if active else 0)
 
     def exposition(self) -> bytes:
         self.flush()

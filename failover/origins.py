@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .config import HealthConfig, OriginConfig, Settings
+from .config import HealthConfig, OriginConfig, PoolConfig, TimeoutsConfig
 
 __all__ = ["OPERATOR_FLAGS", "Flag", "Origin", "build_origins"]
 
@@ -39,6 +39,8 @@ class Origin:
     host_header: str  # the Host sent upstream unless preserve_host
     base: str  # scheme://host[:port] followed by the url's path prefix, no trailing slash
     name_header: bytes = b""
+    pool_name: str = "default"  # the pool it belongs to
+    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)  # its pool's
     flags: set[Flag] = field(default_factory=set)
     # Set by the health engine: when this origin last became usable again, and since when
     # (if ever) it may take traffic after its failback hold-down.
@@ -58,7 +60,9 @@ class Origin:
         return "+".join(sorted(flag.value for flag in self.flags))
 
     @classmethod
-    def from_config(cls, config: OriginConfig, health: HealthConfig) -> Origin:
+    def from_config(
+        cls, config: OriginConfig, health: HealthConfig, pool_name: str = "default"
+    ) -> Origin:
         parts = urlsplit(config.url)
         default_port = 443 if parts.scheme == "https" else 80
         netloc_host = parts.hostname or ""
@@ -76,10 +80,13 @@ class Origin:
             host_header=config.host_header or host,
             base=f"{parts.scheme}://{netloc_host}:{port}{parts.path.rstrip('/')}",
             name_header=config.name.encode(),
+            pool_name=pool_name,
         )
 
 
-def build_origins(settings: Settings) -> list[Origin]:
-    """The configured origins, sorted by priority (stable: config order within a tier)."""
-    origins = [Origin.from_config(o, settings.health_for(o)) for o in settings.origins]
+def build_origins(config: PoolConfig, pool_name: str = "default") -> list[Origin]:
+    """A pool's origins, sorted by priority (stable: config order within a tier)."""
+    origins = [Origin.from_config(o, config.health_for(o), pool_name) for o in config.origins]
+    for origin in origins:
+        origin.timeouts = config.timeouts
     return sorted(origins, key=lambda origin: origin.priority)

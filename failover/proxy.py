@@ -1,7 +1,8 @@
-"""The hot path: a raw ASGI app. select -> forward -> stream back -> report.
+"""The hot path: a raw ASGI app. route -> select -> forward -> stream back -> report.
 
-Requests under the admin prefix go to the admin app; everything else is forwarded to the
-origin the engine picks, and retried on the next one while the response has not started.
+Requests under the admin prefix go to the admin app; everything else is routed to a pool by
+Host and path, forwarded to the origin the pool's engine picks, and retried on the pool's next
+origin while the response has not started.
 
 What a client does is never counted against an origin: its body is read (up to the replay
 buffer) before an origin is chosen, a client that leaves cancels the request at once (status
@@ -16,53 +17,28 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote
 
+from starlette.types import ASGIApp, Receive, Scope, Send
+
 from .config import Settings
-from .engine import Engine
+from .headers import request_headers, response_headers
 from .metrics import Metrics
 from .origins import Origin
-from .retry import BodyRejected, ClientGone, RequestBody, RetryBudget, RetryPolicy
+from .pool import Pool
+from .retry import BodyRejected, ClientGone, RequestBody
+from .router import Router
 from .stale import StaleCache, Tee
 from .upstream import BrokenResponse, Upstream, UpstreamError, UpstreamResponse, read_body
 
-__all__ = ["HOP_BY_HOP", "Proxy", "ResponseAborted"]
+__all__ = ["Proxy", "ResponseAborted"]
 
 logger = logging.getLogger("failover.proxy")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-# RFC 9110 section 7.6.1, plus Proxy-Connection (a non-standard relic) and Expect, which this
-# proxy answers itself (uvicorn sends 100 Continue when the body is first read).
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-_REQUEST_DROP = HOP_BY_HOP | {
-    b"expect",
-    b"host",
-    b"x-forwarded-for",
-    b"x-forwarded-proto",
-    b"x-forwarded-host",
-    b"via",
-}
 _NO_BODY_STATUSES = frozenset({204, 304})
 _HEDGED_METHODS = frozenset({"GET", "HEAD"})
 # nginx's convention for a client that closed the connection before the response started.
@@ -77,12 +53,15 @@ _NO_EXTENSIONS: dict[str, Any] = {}
 class _Exchange:
     """One client request on its way through the attempts."""
 
+    pool: Pool
     method: str
-    target: str
+    target: str  # as sent upstream (a route may strip a prefix)
     headers: list[tuple[str, str]]  # to send upstream, Host excepted
     client_host: str | None
     body: RequestBody | None
     idempotency_key: bool
+    host_header: str | None = None  # the route's Host for upstream, if it sets one
+    mount: str = ""  # the path prefix a route stripped (put back in rewritten Locations)
     deadline_at: float | None = None
     retrying: bool = False
     not_retried: str = ""
@@ -127,6 +106,7 @@ def _log_access(scope: Scope, exchange: _Exchange, duration: float) -> None:
             {
                 "time": round(time.time(), 3),
                 "client": client[0] if client else None,
+                "pool": exchange.pool.name,
                 "method": exchange.method,
                 "path": exchange.target,
                 "status": exchange.status,
@@ -150,42 +130,28 @@ class ResponseAborted(Exception):
     closed so that the client sees a truncated transfer, never a short body as complete."""
 
 
-def _connection_tokens(value: bytes) -> set[bytes]:
-    return {token.strip().lower() for token in value.split(b",") if token.strip()}
-
-
 class Proxy:
     def __init__(
         self,
         settings: Settings,
-        engine: Engine,
+        pools: Mapping[str, Pool],
+        router: Router,
         upstream: Upstream,
         admin: ASGIApp,
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
-        self.engine = engine
+        self.pools = pools
+        self.router = router
         self.upstream = upstream
         self.admin = admin
         self.clock = clock
         self.prefix = settings.admin.prefix
-        self.policy = RetryPolicy(settings.retry)
-        self.first_byte = settings.timeouts.first_byte
-        self.origin_header = settings.proxy.origin_header
-        self.attempts_header = settings.proxy.attempts_header
         self.via = settings.proxy.via
         self.via_header = f"1.1 {self.via}".encode()
-        self.max_buffered = settings.retry.max_buffered_body
-        self.all_down = settings.all_down
-        self.hedge_after = settings.retry.hedge_after
-        self.request_timeout = settings.timeouts.request
-        self.budget = RetryBudget(settings.retry.budget, settings.retry.min_retries_in_flight)
-        self.failure_statuses = settings.passive.failure_statuses
-        self.stale = StaleCache(settings.stale) if settings.stale.enabled else None
         self.metrics = metrics
         self.access_log = settings.log.access
-        self.retry_after = str(max(1, round(settings.health.interval)))
         self.body_timeout = settings.limits.body_timeout
         self.max_body = settings.limits.max_body_bytes
 
@@ -209,7 +175,21 @@ class Proxy:
         if target is None:
             await _plain(send, 400, "request target must be a path such as /index.html")
             return
-        headers, client_host, length, idempotency_key = self._request_headers(scope)
+        client = scope.get("client")
+        headers, client_host, length, idempotency_key = request_headers(
+            scope["headers"],
+            client[0] if client else None,
+            scope.get("scheme", "http"),
+            scope.get("http_version", "1.1"),
+            self.via,
+        )
+        match = self.router.match(client_host, target)
+        if match is None:
+            if self.metrics is not None:
+                self.metrics.request("-", "-", 404, 0.0)
+            await _plain(send, 404, f"no site is served here for host {client_host!r}")
+            return
+        pool = self.pools[match.route.pool]
         max_body = self.max_body
         if max_body is not None and length is not None and length > max_body:
             await _plain(
@@ -221,16 +201,19 @@ class Proxy:
             return
         body = None
         if length != 0:
-            body = RequestBody(receive, self.max_buffered, self.body_timeout, max_body)
-        exchange = _Exchange(scope["method"], target, headers, client_host, body, idempotency_key)
+            body = RequestBody(receive, pool.max_buffered, self.body_timeout, max_body)
+        exchange = _Exchange(
+            pool, scope["method"], match.path, headers, client_host, body, idempotency_key
+        )
+        exchange.host_header, exchange.mount = match.route.host_header, match.stripped
         disconnect = scope.get("extensions", _NO_EXTENSIONS).get(DISCONNECT_EXTENSION)
         if disconnect is not None:
             exchange.task = asyncio.current_task()
             disconnect["watch"](exchange.client_left)
         started = self.clock()
-        if self.request_timeout is not None:
-            exchange.deadline_at = started + self.request_timeout
-        budget = self.budget
+        if pool.request_timeout is not None:
+            exchange.deadline_at = started + pool.request_timeout
+        budget = pool.budget
         budget.active += 1
         try:
             if body is not None:
@@ -254,36 +237,40 @@ class Proxy:
             if exchange.retrying:
                 budget.retries -= 1
             if self.metrics is not None:
-                self.metrics.request(exchange.origin, exchange.status, self.clock() - started)
+                self.metrics.request(
+                    pool.name, exchange.origin, exchange.status, self.clock() - started
+                )
             if self.access_log:
                 _log_access(scope, exchange, self.clock() - started)
 
     async def _forward(self, scope: Scope, send: Send, exchange: _Exchange) -> None:
-        engine = self.engine
+        pool = exchange.pool
+        engine = pool.engine
         origin = engine.pick()
         if origin is None:
-            if self.all_down == "503":
+            if pool.all_down == "503":
                 exchange.status = 503
-                await self._all_down(send)
+                await self._all_down(send, pool)
                 return
-            if self.all_down == "stale" and await self._serve_stale(scope, send, exchange):
+            if pool.all_down == "stale" and await self._serve_stale(scope, send, exchange):
                 return
             origin = engine.next_after([])
             assert origin is not None  # there is always at least one origin
         tried = exchange.tried
+        policy = pool.policy
         while True:
             tried.append(origin)
             if (
-                self.hedge_after is not None
+                pool.hedge_after is not None
                 and exchange.body is None
                 and (exchange.method in _HEDGED_METHODS)
             ):
                 origin, response, result = await self._hedged(origin, exchange)
             else:
                 response, result = await self._try(origin, exchange)
-            if isinstance(result, int) and not self.policy.retries_status(result):
+            if isinstance(result, int) and not policy.retries_status(result):
                 break
-            refusal = self.policy.refusal(
+            refusal = policy.refusal(
                 result, exchange.method, exchange.body, len(tried), exchange.idempotency_key
             )
             following = None
@@ -292,7 +279,7 @@ class Proxy:
                 if following is not None:
                     if exchange.remaining(self.clock()) == 0.0:
                         refusal, following = "deadline", None
-                    elif not exchange.retrying and origin.usable and not self.budget.allows():
+                    elif not exchange.retrying and origin.usable and not pool.budget.allows():
                         # The budget guards an origin still believed healthy against retry
                         # storms; once it is ejected or failed, the retry is the failover.
                         refusal, following = "budget", None
@@ -305,8 +292,8 @@ class Proxy:
             self._start_retry(exchange, result)
             origin = following
 
-        failed = response is None or result in self.failure_statuses
-        if failed and self.stale is not None and await self._serve_stale(scope, send, exchange):
+        failed = response is None or result in pool.failure_statuses
+        if failed and pool.stale is not None and await self._serve_stale(scope, send, exchange):
             if response is not None:
                 response.close()
             return
@@ -321,14 +308,14 @@ class Proxy:
     def _start_retry(self, exchange: _Exchange, reason: str | int) -> None:
         """Count this request as a retry in flight (once, whatever number of retries)."""
         if self.metrics is not None:
-            self.metrics.retry(reason)
+            self.metrics.retry(exchange.pool.name, reason)
         if not exchange.retrying:
             exchange.retrying = True
-            self.budget.retries += 1
+            exchange.pool.budget.retries += 1
 
     def _extra_headers(self, exchange: _Exchange) -> list[tuple[bytes, bytes]]:
         extra: list[tuple[bytes, bytes]] = []
-        if self.attempts_header and exchange.attempts:
+        if exchange.pool.attempts_header and exchange.attempts:
             extra.append((b"x-failover-attempts", ", ".join(exchange.attempts).encode()))
         if exchange.not_retried:
             extra.append((b"x-failover-not-retried", exchange.not_retried.encode()))
@@ -351,9 +338,9 @@ class Proxy:
             exchange.attempts.append(f"{origin.name};cancelled")
             raise
         if result != "pool-full":  # a busy pool is ours to fix, not the origin's failure
-            self.engine.on_attempt(origin, result, self.clock() - started)
+            exchange.pool.engine.on_attempt(origin, result, self.clock() - started)
         if self.metrics is not None:
-            self.metrics.attempt(origin.name, result)
+            self.metrics.attempt(origin.pool_name, origin.name, result)
         exchange.attempts.append(f"{origin.name};{result}")
         return response, result
 
@@ -363,12 +350,13 @@ class Proxy:
         """Send to `origin`; if it has not answered with headers within `hedge_after`, send the
         same request to the next origin too. The first response with headers wins; the other
         attempt is cancelled, which closes its connection."""
+        pool = exchange.pool
         first = asyncio.ensure_future(self._try(origin, exchange))
         try:
             with contextlib.suppress(TimeoutError):
-                return origin, *(await asyncio.wait_for(asyncio.shield(first), self.hedge_after))
-            second_origin = self.engine.next_after(exchange.tried)
-            if second_origin is None or (not exchange.retrying and not self.budget.allows()):
+                return origin, *(await asyncio.wait_for(asyncio.shield(first), pool.hedge_after))
+            second_origin = pool.engine.next_after(exchange.tried)
+            if second_origin is None or (not exchange.retrying and not pool.budget.allows()):
                 return origin, *(await first)
         except asyncio.CancelledError:
             first.cancel()  # the shielded attempt must not outlive its request
@@ -398,9 +386,9 @@ class Proxy:
         return outcome
 
     async def _attempt(self, origin: Origin, exchange: _Exchange, now: float) -> UpstreamResponse:
-        host = exchange.client_host if origin.preserve_host else None
+        host = exchange.host_header or (exchange.client_host if origin.preserve_host else None)
         body = exchange.body
-        first_byte = self.first_byte
+        first_byte = exchange.pool.first_byte
         remaining = exchange.remaining(now)
         if remaining is not None:
             first_byte = min(first_byte, remaining)
@@ -428,10 +416,11 @@ class Proxy:
 
     async def _serve_stale(self, scope: Scope, send: Send, exchange: _Exchange) -> bool:
         """Answer with a stored copy if one may be served; say whether it did."""
-        if self.stale is None or exchange.method != "GET":
+        stale = exchange.pool.stale
+        if stale is None or exchange.method != "GET":
             return False
         now = self.clock()
-        entry = self.stale.lookup(_stale_key(scope, exchange), scope["headers"], now)
+        entry = stale.lookup(_stale_key(scope, exchange), scope["headers"], now)
         if entry is None:
             return False
         headers = [
@@ -439,7 +428,7 @@ class Proxy:
             (b"age", str(int(now - entry.stored_at)).encode()),
             (b"x-failover-stale", b"1"),
         ]
-        if self.origin_header:
+        if exchange.pool.origin_header:
             headers.append((b"x-failover-origin", entry.origin))
         headers.extend(self._extra_headers(exchange))
         exchange.status, exchange.origin = 200, entry.origin.decode()
@@ -447,74 +436,6 @@ class Proxy:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": entry.body, "more_body": False})
         return True
-
-    def _request_headers(
-        self, scope: Scope
-    ) -> tuple[list[tuple[str, str]], str | None, int | None, bool]:
-        """Headers to send upstream (Host comes per origin), the client's Host, the body's
-        length (0 for none, None when chunked), whether an Idempotency-Key was sent."""
-        raw: list[tuple[bytes, bytes]] = scope["headers"]
-        drop = _REQUEST_DROP
-        for name, value in raw:
-            if name == b"connection":
-                drop = drop | _connection_tokens(value)
-        out: list[tuple[str, str]] = []
-        client_host: str | None = None
-        forwarded_for: list[str] = []
-        via: list[str] = []
-        length: int | None = 0
-        idempotency_key = False
-        for name, value in raw:
-            if name in drop:
-                if name == b"host":
-                    client_host = value.decode("latin-1")
-                elif name == b"x-forwarded-for":
-                    forwarded_for.append(value.decode("latin-1"))
-                elif name == b"via":
-                    via.append(value.decode("latin-1"))
-                elif name == b"transfer-encoding":
-                    length = None
-                continue
-            if name == b"content-length":
-                if length is not None:  # the parser has checked that it is a number
-                    length = int(value)
-            elif name == b"idempotency-key":
-                idempotency_key = True
-            out.append((name.decode("latin-1"), value.decode("latin-1")))
-        client = scope.get("client")
-        if client:
-            forwarded_for.append(client[0])
-        if forwarded_for:
-            out.append(("X-Forwarded-For", ", ".join(forwarded_for)))
-        out.append(("X-Forwarded-Proto", scope.get("scheme", "http")))
-        if client_host is not None:
-            out.append(("X-Forwarded-Host", client_host))
-        via.append(f"{scope.get('http_version', '1.1')} {self.via}")
-        out.append(("Via", ", ".join(via)))
-        return out, client_host, length, idempotency_key
-
-    def _response_headers(
-        self, origin: Origin, response: UpstreamResponse
-    ) -> list[tuple[bytes, bytes]]:
-        out: list[tuple[bytes, bytes]] = []
-        named: set[bytes] = set()  # headers that Connection names: hop-by-hop as well
-        via = b""
-        for name, value in response.raw_headers:
-            lower = name.lower()
-            if lower in HOP_BY_HOP:
-                if lower == b"connection":
-                    named |= _connection_tokens(value)
-            elif lower == b"via":
-                via += value + b", "
-            elif lower != b"content-length" or response.status != 204:  # RFC 9110 8.6
-                out.append((lower, value))
-        named -= HOP_BY_HOP  # usually `Connection: keep-alive`: nothing more to drop
-        if named:
-            out = [pair for pair in out if pair[0] not in named]
-        out.append((b"via", via + self.via_header))
-        if self.origin_header:
-            out.append((b"x-failover-origin", origin.name_header))
-        return out
 
     async def _stream(
         self,
@@ -530,11 +451,24 @@ class Proxy:
 
         With stale-if-error on, a GET 200 is copied as it streams (never held back)."""
         finished = False
-        headers = self._response_headers(origin, response)
+        pool = exchange.pool
+        rewriters = pool.rewriters
+        headers = response_headers(
+            response.raw_headers,
+            response.status,
+            self.via_header,
+            None if rewriters is None else rewriters[origin.name],
+            scope.get("scheme", "http"),
+            exchange.client_host,
+            exchange.mount,
+        )
+        if pool.origin_header:
+            headers.append((b"x-failover-origin", origin.name_header))
+        stale: StaleCache | None = pool.stale
         tee: Tee | None = None
-        if self.stale is not None and response.status == 200 and exchange.method == "GET":
+        if stale is not None and response.status == 200 and exchange.method == "GET":
             key = _stale_key(scope, exchange)
-            tee = self.stale.begin(key, scope["headers"], headers, origin.name_header)
+            tee = stale.begin(key, scope["headers"], headers, origin.name_header)
         headers.extend(extra)
         exchange.status, exchange.origin = response.status, origin.name
         try:
@@ -568,21 +502,21 @@ class Proxy:
             exchange.bytes_out += len(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": False})
             finished = True
-            if tee is not None and self.stale is not None:
-                self.stale.finish(tee, self.clock())
+            if tee is not None and stale is not None:
+                stale.finish(tee, self.clock())
         finally:
             if finished:
                 response.release()
             else:
                 response.close()
 
-    async def _all_down(self, send: Send) -> None:
-        states = ", ".join(f"{o.name}: {o.state}" for o in self.engine.origins)
+    async def _all_down(self, send: Send, pool: Pool) -> None:
+        states = ", ".join(f"{o.name}: {o.state}" for o in pool.origins)
         await _plain(
             send,
             503,
             f"no origin is usable ({states})",
-            [(b"retry-after", self.retry_after.encode())],
+            [(b"retry-after", pool.retry_after.encode())],
         )
 
 

@@ -13,16 +13,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from watchfiles import Change, awatch
 
-from .config import ConfigError, build_settings, read_yaml
+from .config import ConfigError, Settings, build_settings, read_yaml
 
-if TYPE_CHECKING:
-    from .app import App
+__all__ = ["ReloadHost", "Reloader"]
 
-__all__ = ["Reloader"]
+
+class ReloadHost(Protocol):
+    """What reloading needs of the running proxy (the app provides it)."""
+
+    def apply(self, settings: Settings, trigger: str) -> None: ...
+
+    def reload_failed(self, problems: list[str], trigger: str) -> None: ...
+
+    def load_overrides(self) -> None: ...
+
 
 logger = logging.getLogger("failover.reload")
 
@@ -37,7 +45,7 @@ def _read(path: Path | None) -> bytes | None:
 
 
 class Reloader:
-    def __init__(self, app: App, config_path: Path | None, state_file: Path | None) -> None:
+    def __init__(self, app: ReloadHost, config_path: Path | None, state_file: Path | None) -> None:
         self.app = app
         self.config_path = config_path
         self.state_file = state_file

@@ -24,7 +24,7 @@ import socket
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 
 from . import h1
-from .config import HealthConfig, Settings
+from .config import HealthConfig, TimeoutsConfig
 from .health import ProbeResult
 from .origins import Origin
 
@@ -86,51 +86,52 @@ class Upstream:
     """Connection pools to the origins, owned by the app's lifespan.
 
     Each origin's pool hangs on `origin.pool`. A config reload hands the pool of an origin
-    whose name and url are unchanged to its successor; pools of removed origins are closed
-    once their in-flight requests had time to finish.
+    whose name, url and timeouts are unchanged to its successor; pools of removed origins are
+    closed once their in-flight requests had time to finish.
     """
 
-    def __init__(self, settings: Settings, on_resend: Callable[[str], None] | None = None) -> None:
-        self.settings = settings
+    def __init__(
+        self, max_connections: int, on_resend: Callable[[str, str], None] | None = None
+    ) -> None:
+        self.max_connections = max_connections
         self.on_resend = on_resend
-        self.pools: dict[tuple[str, str], h1.Pool] = {}
+        self.pools: dict[tuple[str, str, TimeoutsConfig], h1.Pool] = {}
 
     def _pool(self, origin: Origin) -> h1.Pool:
-        timeouts = self.settings.timeouts
+        timeouts = origin.timeouts
         on_resend = self.on_resend
         return h1.Pool(
             origin.base,
-            limit=self.settings.proxy.max_connections_per_origin,
+            limit=self.max_connections,
             connect_timeout=timeouts.connect,
             read_timeout=timeouts.idle,
             send_timeout=timeouts.send,
             acquire_timeout=timeouts.connect,
             keepalive=min(timeouts.idle, 30.0),
-            on_resend=None if on_resend is None else lambda: on_resend(origin.name),
+            on_resend=None
+            if on_resend is None
+            else lambda: on_resend(origin.pool_name, origin.name),
         )
 
     def add(self, origin: Origin) -> None:
-        """Give `origin` its pool (a new one unless an origin of that name and url had one)."""
-        key = (origin.name, origin.url)
+        """Give `origin` its pool (a new one unless an origin of that name, url and timeouts
+        had one)."""
+        key = (origin.name, origin.url, origin.timeouts)
         pool = self.pools.get(key)
         if pool is None:
             pool = self.pools[key] = self._pool(origin)
         origin.pool = pool
 
-    def sync(self, settings: Settings, origins: list[Origin]) -> list[h1.Pool]:
+    def sync(self, max_connections: int, origins: list[Origin]) -> list[h1.Pool]:
         """Pools for a new config; returns the pools no origin uses any more (to be closed
         by the caller once in-flight requests had time to finish)."""
-        changed = (settings.timeouts, settings.proxy) != (
-            self.settings.timeouts,
-            self.settings.proxy,
-        )
-        self.settings = settings
         previous, self.pools = self.pools, {}
-        if not changed:
+        if max_connections == self.max_connections:
             for origin in origins:
-                key = (origin.name, origin.url)
+                key = (origin.name, origin.url, origin.timeouts)
                 if key in previous:
                     self.pools[key] = previous.pop(key)
+        self.max_connections = max_connections
         for origin in origins:
             self.add(origin)
         return list(previous.values())

@@ -287,15 +287,20 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.timeout_keep_alive_task is not None:
             self.timeout_keep_alive_task.cancel()
             self.timeout_keep_alive_task = None
-        if self._in_body:
-            self._feed(data)
-        else:
+        if not self._in_body:
             size = self._head_bytes + len(data)
             if size > self.max_header_bytes:
                 self._feed_within_budget(data)
+                data = b""
             else:
                 self._head_bytes = size
-                self._feed(data)
+        if data:
+            try:  # _feed, inlined: this is the path of every request
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                self._upgrade()
+            except httptools.HttpParserError:
+                self._invalid()
         if self._header_timer is None and not self._refused:
             if not self._in_body and (self._in_head or self._head_bytes):
                 self._header_timer = self.loop.call_later(
@@ -338,13 +343,20 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
+            self._upgrade()
         except httptools.HttpParserError:
-            if not self._refused:
-                self._refuse(*(self._refusal or (400, "Invalid HTTP request.", "invalid request")))
+            self._invalid()
+
+    def _upgrade(self) -> None:
+        if self._should_upgrade():
+            self.handle_websocket_upgrade()
+        else:
+            self._unsupported_upgrade_warning()
+
+    def _invalid(self) -> None:
+        """The parser stopped: a limit refused the head, or the bytes are not HTTP."""
+        if not self._refused:
+            self._refuse(*(self._refusal or (400, "Invalid HTTP request.", "invalid request")))
 
     # -- parser callbacks (uvicorn's, with the counting added) -----------------------------
 

@@ -17,12 +17,14 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 import yaml
+from uvicorn.server import ServerState
 
 from failover.config import LimitsConfig
 from failover.engine import Flag
 from failover.faulty import FaultyOrigin
-from failover.listener import connection_limit, prepare_open_files
+from failover.listener import HttpProtocolFactory, connection_limit, prepare_open_files
 from tests.conftest import RunningProxy, free_port, origin_config, proxy_config, wait_for
 from tests.test_cli import serving_config, started
 
@@ -99,6 +101,63 @@ async def test_a_head_larger_than_max_header_bytes_gets_431_and_a_close(
     assert body == b"The request line and headers exceed 65536 bytes.\n"
     assert rest == b""
     assert (await proxy.client.get("/echo")).status_code == 200
+
+
+class RecordingTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8080), "peername": ("127.0.0.1", 50000)}.get(name)
+
+
+class RecordingParser:
+    """Stands in front of httptools' parser and counts what reaches it."""
+
+    def __init__(self, parser: Any) -> None:
+        self.parser = parser
+        self.fed = 0
+
+    def feed_data(self, data: bytes) -> None:
+        self.fed += len(data)
+        self.parser.feed_data(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.parser, name)
+
+
+async def test_a_32_mib_header_reaches_the_parser_only_up_to_the_budget() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("the request must not reach the app")
+
+    config = uvicorn.Config(app=app, lifespan="off", log_config=None)
+    factory = HttpProtocolFactory(LimitsConfig())
+    protocol = factory(config, ServerState(), {}, asyncio.get_running_loop())
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    parser = RecordingParser(protocol.parser)
+    protocol.parser = parser  # type: ignore[assignment]
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ")
+    chunk = b"a" * 256 * 1024
+    for _ in range(128):  # 32 MiB in 256 KiB reads, as the event loop hands them over
+        if transport.closed:
+            break
+        protocol.data_received(chunk)
+    assert transport.closed
+    assert parser.fed == 64 * 1024
+    assert transport.written.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    protocol.connection_lost(None)
 
 
 async def test_more_than_max_headers_gets_431_and_a_close(

@@ -35,7 +35,7 @@ from .overrides import ACTIONS, OverrideStore
 from .pool import Pool
 from .runtime import Runtime
 
-__all__ = ["AdminHost", "build_admin", "client_address", "pool_status"]
+__all__ = ["AdminHost", "build_admin", "client_address", "engine_status", "pool_status"]
 
 
 class AdminHost(Protocol):
@@ -234,11 +234,14 @@ def build_admin(app: AdminHost) -> Starlette:
 
 def pool_status(pool: Pool) -> dict[str, Any]:
     """A pool as `status` shows it: which origin takes traffic, readiness, each origin."""
-    engine = pool.engine
+    return engine_status(pool.engine)
+
+
+def engine_status(engine: Engine) -> dict[str, Any]:
     now = engine.clock()
     active = engine.selector.active(now)
     return {
-        "name": pool.name,
+        "name": engine.pool,
         "active": active[0].name if len(active) == 1 else [o.name for o in active] or None,
         "ready": engine.ready(),
         "origins": [origin_status(engine, origin, now) for origin in engine.origins],

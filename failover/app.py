@@ -271,7 +271,8 @@ class App:
             grace = max(p.timeouts.first_byte + p.timeouts.idle for p in settings.pools.values())
             self.spawn(self._close_later(retired, grace), "close retired pools")
         self._start_probes()
-        summary = f"{trigger}: {len(runtime.pools)} pools, {len(runtime.origins)} origins"
+        pools, origins = _count(len(runtime.pools), "pool"), _count(len(runtime.origins), "origin")
+        summary = f"{trigger}: {pools}, {origins}"
         for what, new, old_names in (
             ("pools", runtime.pools, previous.pools),
             ("origins", runtime.origins, previous.origins),
@@ -336,6 +337,10 @@ class App:
             self.metrics.origins(
                 (pool.name, o.name, o.usable, o.name in active) for o in pool.origins
             )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def create_app(config_path: str | Path | None = None) -> App:

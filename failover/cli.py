@@ -97,7 +97,7 @@ def _check(path: Path) -> int:
         return 2
     for line in settings.warnings():
         print(f"warning: {line}", file=sys.stderr)
-    if settings.origins is not None:  # the single-pool form
+    if "origins" in settings.model_fields_set:  # the single-pool form
         origins = ", ".join(f"{o.name} (priority {o.priority})" for o in settings.origins)
         print(f"{path}: ok; origins: {origins}")
         return 0

@@ -652,7 +652,7 @@ class Settings(BaseSettings):
 
     listen: ListenConfig = ListenConfig()
     # Either `origins` (one pool, named "default", with a catch-all route) or `pools`.
-    origins: list[OriginConfig] | None = None
+    origins: list[OriginConfig] = []
     pools: dict[str, PoolConfig] = {}
     routes: list[RouteConfig] = []
     health: HealthConfig = HealthConfig()
@@ -712,11 +712,12 @@ class Settings(BaseSettings):
     def _one_form(self) -> Settings:
         if self.all_down == "stale" and not self.stale.enabled:
             raise ValueError("all_down: 'stale' needs stale.enabled: true")
-        if self.origins is not None and self.pools:
+        single = "origins" in self.model_fields_set
+        if single and self.pools:
             raise ValueError("origins: give origins (one pool) or pools (several), not both")
-        if self.origins is None and not self.pools:
+        if not single and not self.pools:
             raise ValueError("origins: is required (or pools, for several sites)")
-        if self.origins is not None:
+        if single:
             if not self.origins:
                 raise ValueError("origins: at least one origin is required")
             if self.routes:
@@ -835,7 +836,7 @@ def _pool_problems(settings: Settings, data: dict[str, Any]) -> list[str]:
     owners: dict[str, str] = {}
     for pool, origin in settings.all_origins():
         if origin.name in owners:
-            where = "origins" if settings.origins is not None else "pools"
+            where = "origins" if "origins" in settings.model_fields_set else "pools"
             also = "" if where == "origins" else f" (pools {owners[origin.name]} and {pool})"
             problem = f"{where}: duplicate origin name {quote(origin.name)}{also}"
             if problem not in problems:

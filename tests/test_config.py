@@ -134,13 +134,13 @@ def test_per_origin_health_overrides_only_the_keys_it_names(tmp_path: Path) -> N
     settings = load_config(write(tmp_path, SPEC_EXAMPLE))
     primary, secondary = settings.origins
 
-    primary_health = settings.health_for(primary)
+    primary_health = settings.pools["default"].health_for(primary)
     assert primary_health.path == "/health"
     # Every other key still comes from the top-level health block.
     assert primary_health.model_dump(exclude={"path"}) == settings.health.model_dump(
         exclude={"path"}
     )
-    assert settings.health_for(secondary) == settings.health
+    assert settings.pools["default"].health_for(secondary) == settings.health
 
 
 def test_per_origin_health_override_parses_durations_and_statuses() -> None:
@@ -156,7 +156,7 @@ def test_per_origin_health_override_parses_durations_and_statuses() -> None:
             "health": {"path": "/ping", "interval": "5s"},
         }
     )
-    health = settings.health_for(settings.origins[0])
+    health = settings.pools["default"].health_for(settings.origins[0])
     assert health.interval == 0.5
     assert health.path == "/ping"
     assert 204 in health.expect_status
@@ -307,7 +307,9 @@ def test_a_file_that_is_not_a_mapping_is_rejected(tmp_path: Path) -> None:
 
 
 def test_an_empty_file_asks_for_origins(tmp_path: Path) -> None:
-    assert file_problems(write(tmp_path, "")) == ["origins: is required"]
+    assert file_problems(write(tmp_path, "")) == [
+        "origins: is required (or pools, for several sites)"
+    ]
 
 
 # --- expected statuses -----------------------------------------------------------------------
@@ -391,7 +393,9 @@ ORIGIN_A = {"name": "a", "url": "http://127.0.0.1:9001"}
             id="duplicate-names",
         ),
         pytest.param({"origins": []}, ["origins: at least one origin is required"], id="none"),
-        pytest.param({}, ["origins: is required"], id="origins-missing"),
+        pytest.param(
+            {}, ["origins: is required (or pools, for several sites)"], id="origins-missing"
+        ),
         pytest.param(
             config(health={"interval": 0}),
             ["health.interval: Input should be greater than 0, got 0"],
@@ -530,7 +534,7 @@ def test_the_longest_duration_is_a_year() -> None:
 def test_a_null_per_origin_duration_falls_back_to_the_health_block() -> None:
     origin = {**ORIGIN_A, "health": {"interval": None, "timeout": None}}
     settings = build_settings({"origins": [origin], "health": {"interval": "3s"}})
-    assert settings.health_for(settings.origins[0]).interval == 3.0
+    assert settings.pools["default"].health_for(settings.origins[0]).interval == 3.0
 
 
 def test_a_problem_line_quotes_long_values_short() -> None:

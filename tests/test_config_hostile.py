@@ -211,7 +211,7 @@ def test_aliases_within_the_bound_still_work(tmp_path: Path) -> None:
     result = check(path, tmp_path)
     assert result.returncode == 0, result.stderr
     settings = load_config(path)
-    a, b = (settings.health_for(origin) for origin in settings.origins)
+    a, b = (settings.pools["default"].health_for(origin) for origin in settings.origins)
     assert (a.path, a.interval, b.path, b.interval) == ("/health", 5.0, "/ping", 5.0)
 
 

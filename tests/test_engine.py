@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from failover.admin import engine_status
 from failover.config import PassiveConfig, Settings, build_settings
 from failover.engine import Engine
 from failover.events import Event, EventLog
@@ -274,7 +275,7 @@ def test_an_ejected_origin_is_not_ejected_twice() -> None:
 
 def make_selector(*origins: dict[str, Any], **failback: Any) -> tuple[Selector, dict[str, Origin]]:
     settings = make_settings(*origins, failback=failback)
-    built = build_origins(settings)
+    built = build_origins(settings.pools["default"])
     return Selector(built, settings.failback), {origin.name: origin for origin in built}
 
 
@@ -519,8 +520,8 @@ class Rig:
         settings = make_settings(*origins, **blocks)
         clock = FakeClock()
         events = EventLog(clock)
-        built = build_origins(settings)
-        engine = Engine(settings, built, events, clock)
+        built = build_origins(settings.pools["default"])
+        engine = Engine(settings.pools["default"], built, events, clock)
         return cls(engine, events, clock, {origin.name: origin for origin in built})
 
     def probe(self, name: str, ok: bool) -> bool:
@@ -541,7 +542,7 @@ class Rig:
         return origin.name if origin is not None else None
 
     def status_of(self, name: str) -> dict[str, Any]:
-        origins: list[dict[str, Any]] = self.engine.status()["origins"]
+        origins: list[dict[str, Any]] = engine_status(self.engine)["origins"]
         return next(o for o in origins if o["name"] == name)
 
 
@@ -555,7 +556,7 @@ def test_no_event_at_start_up_and_passing_first_probes_change_nothing() -> None:
     assert rig.probe("b", True) is True
     assert rig.take() == []
     assert rig.picked() == "a"
-    assert rig.engine.status()["active"] == "a"
+    assert engine_status(rig.engine)["active"] == "a"
 
 
 def test_failing_probes_take_an_origin_down_with_one_event_and_move_traffic() -> None:
@@ -637,7 +638,7 @@ def test_all_origins_down_and_one_back() -> None:
         ("traffic-moved", "-", "b", "none", "no origin is usable"),
     ]
     assert rig.picked() is None
-    assert rig.engine.status()["active"] is None
+    assert engine_status(rig.engine)["active"] is None
     rig.clock.advance(2)
     rig.probe("b", True)
     rig.probe("b", True)
@@ -763,7 +764,7 @@ def test_not_ready_when_no_origin_is_usable() -> None:
     rig.probe("b", False)
     rig.clock.advance(10)
     assert not rig.engine.ready()
-    assert rig.engine.status()["ready"] is False
+    assert engine_status(rig.engine)["ready"] is False
     rig.probe("b", True)
     rig.probe("b", True)
     assert rig.engine.ready()
@@ -783,7 +784,7 @@ def test_status_shows_flags_reasons_counts_rates_and_next_probe() -> None:
     rig.engine.next_probe_at["a"] = rig.clock() + 2
     rig.clock.advance(0.5)
 
-    status = rig.engine.status()
+    status = engine_status(rig.engine)
     assert status["active"] == "a"
     assert status["ready"] is False  # b and c were never probed
     a = rig.status_of("a")
@@ -800,7 +801,7 @@ def test_status_shows_flags_reasons_counts_rates_and_next_probe() -> None:
 
     for _ in range(2):
         rig.attempt("a", "reset")
-    status = rig.engine.status()
+    status = engine_status(rig.engine)
     assert status["active"] == ["b", "c"]
     a = rig.status_of("a")
     assert a["flags"] == ["ejected"]

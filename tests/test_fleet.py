@@ -309,12 +309,15 @@ async def settled(group: list[Replica], origins: tuple[str, ...]) -> bool:
     states = await fleets(group)
     if not all(state["connected"] for state in states):
         return False
-    return all(sum(name in state["probing"] for state in states) == 1 for name in origins)
+    # The fleet names an origin with its pool.
+    keys = [f"default/{name}" for name in origins]
+    return all(sum(key in state["probing"] for state in states) == 1 for key in keys)
 
 
 async def probers(group: list[Replica], origin: str) -> list[Replica]:
     states = await fleets(group)
-    return [r for r, state in zip(group, states, strict=True) if origin in state["probing"]]
+    key = f"default/{origin}"
+    return [r for r, state in zip(group, states, strict=True) if key in state["probing"]]
 
 
 # -- the tests ------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from failover.admin import pool_status
 from failover.faulty import FaultyOrigin
 from tests.conftest import RunningProxy, origin_config, proxy_config, wait_for
 from tests.test_proxy import connect, read_response, request_head
@@ -107,7 +108,7 @@ async def get(proxy: RunningProxy, target: str = "/", method: str = "GET") -> An
 
 
 def origin_record(proxy: RunningProxy, name: str) -> dict[str, Any]:
-    status: dict[str, Any] = proxy.app.engine.status()
+    status: dict[str, Any] = pool_status(proxy.app.runtime.pools["default"])
     for origin in status["origins"]:
         if origin["name"] == name:
             return origin
@@ -243,7 +244,7 @@ async def test_a_client_that_leaves_before_the_response_cancels_the_attempt(
     await wait_for(lambda: len(statuses()) == 3, timeout=2)
     assert statuses() == [499, 499, 499]
     metrics = (await proxy.client.get("/_failover/metrics")).text
-    assert 'failover_requests_total{code="499",origin="-"} 3.0' in metrics
+    assert 'failover_requests_total{code="499",origin="-",pool="default"} 3.0' in metrics
 
 
 # -- a busy pool is not the origin's failure -------------------------------------------------
@@ -271,7 +272,7 @@ async def test_a_full_pool_is_503_pool_full_and_not_counted_against_the_origin(
     assert origin_record(proxy, "primary")["state"] == "healthy"
     assert (await proxy.client.get("/bytes/1")).status_code == 200
     metrics = (await proxy.client.get("/_failover/metrics")).text
-    assert 'failover_upstream_pool_full_total{origin="primary"} 1.0' in metrics
+    assert 'failover_upstream_pool_full_total{origin="primary",pool="default"} 1.0' in metrics
 
 
 # -- a pooled connection the origin closed while idle -----------------------------------------
@@ -315,7 +316,10 @@ async def test_a_request_with_a_body_is_resent_when_the_pooled_connection_was_cl
     record = origin_record(proxy, "primary")
     assert record["state"] == "healthy"
     metrics = (await proxy.client.get("/_failover/metrics")).text
-    assert 'failover_upstream_attempts_total{origin="primary",result="reset"}' not in metrics
+    assert (
+        'failover_upstream_attempts_total{origin="primary",pool="default",result="reset"}'
+        not in metrics
+    )
 
 
 # -- responses that cannot hurt clients -----------------------------------------------------

@@ -593,8 +593,8 @@ async def test_upstream_uses_the_native_client_when_configured(
             proxy={"client": "native"},
         )
     )
-    upstream = Upstream(settings)
-    primary, gone = build_origins(settings)
+    upstream = Upstream(settings.proxy.max_connections_per_origin)
+    primary, gone = build_origins(settings.pools["default"])
     try:
         for each in (primary, gone):
             upstream.add(each)

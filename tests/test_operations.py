@@ -274,7 +274,7 @@ async def test_sighup_reloads_the_config(tmp_path: Path, make_origin: Any, make_
     assert status["last_reload"]["trigger"] == "SIGHUP"
     events = (await proxy.client.get(f"{PREFIX}/events")).json()["events"]
     reloads = [e["reason"] for e in events if e["kind"] == "config-reloaded"]
-    assert reloads == ["SIGHUP: 3 origins, added third"]
+    assert reloads == ["SIGHUP: 1 pool, 3 origins, added origins third"]
 
 
 async def test_new_origins_probe_at_once_and_removed_ones_take_no_requests(
@@ -651,6 +651,7 @@ async def test_metrics_follow_the_traffic(make_origin: Any, make_proxy: Any) -> 
 ACCESS_FIELDS = {
     "time",
     "client",
+    "pool",
     "method",
     "path",
     "status",
@@ -764,7 +765,7 @@ async def test_a_webhook_hears_the_primary_fail(
 
     await wait_for(heard_the_failover, timeout=5)
     moved = next(e for e in receiver.received if e["kind"] == "traffic-moved")
-    assert set(moved) == {"time", "kind", "origin", "old", "new", "reason"}
+    assert set(moved) == {"time", "kind", "pool", "origin", "old", "new", "reason"}
     assert "primary" in moved["reason"]
     assert abs(moved["time"] - time.time()) < 10
     assert await origin_header(proxy) == "secondary"

@@ -593,7 +593,7 @@ async def test_readyz_follows_the_origins(make_origin: MakeOrigin, make_proxy: M
 
     await wait_for(lambda: readyz_is(200), timeout=5)
     body = (await proxy.client.get("/_failover/readyz")).json()
-    assert body == {"ready": True, "origins": {"primary": "healthy"}}
+    assert body == {"ready": True, "pools": {"default": True}, "origins": {"primary": "healthy"}}
 
     await origin.set_mode("refuse")
     await wait_for(lambda: readyz_is(503), timeout=5)

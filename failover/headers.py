@@ -27,14 +27,16 @@ them costs nothing more.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from urllib.parse import urlsplit
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import quote, urlsplit
 
 __all__ = [
     "HOP_BY_HOP",
     "LOCATION_HEADERS",
     "LocationRewriter",
     "request_headers",
+    "request_target",
     "response_headers",
 ]
 
@@ -264,3 +266,20 @@ def response_headers(
         out = [pair for pair in out if pair[0] not in named]
     out.append((b"via", via + via_header))
     return out
+
+
+def request_target(scope: Mapping[str, Any]) -> str | None:
+    """The raw path and query as the client sent them; None if not origin-form."""
+    raw_path: bytes | None = scope.get("raw_path")
+    if raw_path is None:
+        raw_path = quote(scope["path"]).encode()
+    if not raw_path.startswith(b"/"):
+        # Absolute form ("http://host/path"): the client never chooses the upstream.
+        scheme, sep, rest = raw_path.partition(b"://")
+        if not sep or scheme.lower() not in (b"http", b"https"):
+            return None
+        raw_path = b"/" + rest.partition(b"/")[2]
+    query: bytes = scope.get("query_string", b"")
+    if query:
+        return raw_path.decode("latin-1") + "?" + query.decode("latin-1")
+    return raw_path.decode("latin-1")

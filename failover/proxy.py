@@ -1,8 +1,8 @@
 """The hot path: a raw ASGI app. route -> select -> forward -> stream back -> report.
 
 Requests under the admin prefix go to the admin app; everything else is routed to a pool by
-Host and path, forwarded to the origin the pool's engine picks, and retried on the pool's next
-origin while the response has not started.
+Host and path and sent to its origins (failover.attempts); the response that stands is
+streamed back.
 
 What a client does is never counted against an origin: its body is read (up to the replay
 buffer) before an origin is chosen, a client that leaves cancels the request at once (status
@@ -13,116 +13,40 @@ large is answered 408 or 413 by the proxy itself.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import quote
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .attempts import Attempts, Exchange
 from .config import Settings
-from .headers import request_headers, response_headers
+from .headers import request_headers, request_target, response_headers
 from .metrics import Metrics
 from .origins import Origin
 from .pool import Pool
-from .retry import BodyRejected, ClientGone, RequestBody
+from .retry import BodyRejected, ClientGone, RequestBody, RetryPlan
 from .router import Router
 from .stale import StaleCache, Tee
-from .upstream import BrokenResponse, Upstream, UpstreamError, UpstreamResponse, read_body
+from .upstream import BrokenResponse, Upstream, UpstreamResponse, read_body
 
 __all__ = ["Proxy", "ResponseAborted"]
 
 logger = logging.getLogger("failover.proxy")
+_access = logging.getLogger("failover.access")
 
 _NO_BODY_STATUSES = frozenset({204, 304})
-_HEDGED_METHODS = frozenset({"GET", "HEAD"})
 # nginx's convention for a client that closed the connection before the response started.
 CLIENT_GONE = 499
 # The listener (failover.listener) offers a way to hear of the client's connection closing
 # while its request is in progress, under this key of scope["extensions"].
 DISCONNECT_EXTENSION = "failover.disconnect"
 _NO_EXTENSIONS: dict[str, Any] = {}
-
-
-@dataclass(slots=True)
-class _Exchange:
-    """One client request on its way through the attempts."""
-
-    pool: Pool
-    method: str
-    target: str  # as sent upstream (a route may strip a prefix)
-    headers: list[tuple[str, str]]  # to send upstream, Host excepted
-    client_host: str | None
-    body: RequestBody | None
-    idempotency_key: bool
-    host_header: str | None = None  # the route's Host for upstream, if it sets one
-    mount: str = ""  # the path prefix a route stripped (put back in rewritten Locations)
-    deadline_at: float | None = None
-    retrying: bool = False
-    not_retried: str = ""
-    status: int = 0  # as sent to the client; 0 when it went away first
-    origin: str = "-"  # the origin whose answer was sent
-    bytes_out: int = 0
-    tried: list[Origin] = field(default_factory=list)
-    attempts: list[str] = field(default_factory=list)  # "name;result", for X-Failover-Attempts
-    failures: list[str] = field(default_factory=list)  # "name: detail", for error bodies
-    task: asyncio.Task[Any] | None = None  # the request's task, cancelled if the client leaves
-    gone: bool = False  # the client closed its connection while the request was in progress
-
-    def client_left(self) -> None:
-        """The listener's disconnect callback: stop the request where it is."""
-        task = self.task
-        if task is not None:
-            self.gone = True
-            self.task = None
-            task.cancel()
-
-    def remaining(self, now: float) -> float | None:
-        """Seconds left before `timeouts.request`, None without one."""
-        if self.deadline_at is None:
-            return None
-        return max(0.0, self.deadline_at - now)
-
-
-_Tried = tuple[UpstreamResponse | None, str | int]
-
 # What the client gets when no attempt produced a response, by the last attempt's result.
 _ERROR_STATUS: dict[str | int, int] = {"timeout": 504, "pool-full": 503}
-
-
-_access = logging.getLogger("failover.access")
-
-
-def _log_access(scope: Scope, exchange: _Exchange, duration: float) -> None:
-    """One JSON line per request (`log.access: true`)."""
-    client = scope.get("client")
-    _access.info(
-        json.dumps(
-            {
-                "time": round(time.time(), 3),
-                "client": client[0] if client else None,
-                "pool": exchange.pool.name,
-                "method": exchange.method,
-                "path": exchange.target,
-                "status": exchange.status,
-                "origin": exchange.origin,
-                "attempts": exchange.attempts,
-                "duration_ms": round(duration * 1000, 3),
-                "bytes_in": exchange.body.size if exchange.body is not None else 0,
-                "bytes_out": exchange.bytes_out,
-            },
-            separators=(",", ":"),
-        )
-    )
-
-
-def _stale_key(scope: Scope, exchange: _Exchange) -> tuple[str, str, str]:
-    return StaleCache.key(scope.get("scheme", "http"), exchange.client_host, exchange.target)
 
 
 class ResponseAborted(Exception):
@@ -144,7 +68,7 @@ class Proxy:
         self.settings = settings
         self.pools = pools
         self.router = router
-        self.upstream = upstream
+        self.attempts = Attempts(upstream, clock, metrics)
         self.admin = admin
         self.clock = clock
         self.prefix = settings.admin.prefix
@@ -168,10 +92,8 @@ class Proxy:
             return
         await self.forward(scope, receive, send)
 
-    # -- forwarding ---------------------------------------------------------------------
-
     async def forward(self, scope: Scope, receive: Receive, send: Send) -> None:
-        target = _target(scope)
+        target = request_target(scope)
         if target is None:
             await _plain(send, 400, "request target must be a path such as /index.html")
             return
@@ -189,32 +111,33 @@ class Proxy:
                 self.metrics.request("-", "-", 404, 0.0)
             await _plain(send, 404, f"no site is served here for host {client_host!r}")
             return
-        pool = self.pools[match.route.pool]
         max_body = self.max_body
         if max_body is not None and length is not None and length > max_body:
-            await _plain(
-                send,
-                413,
-                f"request body of {length} bytes is over {max_body} (limits.max_body_bytes)",
-                [(b"connection", b"close")],
-            )
+            reason = f"request body of {length} bytes is over {max_body} (limits.max_body_bytes)"
+            await _plain(send, 413, reason, [(b"connection", b"close")])
             return
+        pool = self.pools[match.route.pool]
         body = None
         if length != 0:
             body = RequestBody(receive, pool.max_buffered, self.body_timeout, max_body)
-        exchange = _Exchange(
-            pool, scope["method"], match.path, headers, client_host, body, idempotency_key
+        started = self.clock()
+        deadline_at = None if pool.request_timeout is None else started + pool.request_timeout
+        plan = RetryPlan(
+            pool.policy,
+            pool.budget,
+            pool.engine.next_after,
+            scope["method"],
+            body,
+            idempotency_key,
+            deadline_at,
         )
+        exchange = Exchange(pool, plan, scope["method"], match.path, headers, client_host, body)
         exchange.host_header, exchange.mount = match.route.host_header, match.stripped
         disconnect = scope.get("extensions", _NO_EXTENSIONS).get(DISCONNECT_EXTENSION)
         if disconnect is not None:
             exchange.task = asyncio.current_task()
             disconnect["watch"](exchange.client_left)
-        started = self.clock()
-        if pool.request_timeout is not None:
-            exchange.deadline_at = started + pool.request_timeout
-        budget = pool.budget
-        budget.active += 1
+        pool.budget.active += 1
         try:
             if body is not None:
                 await body.prefetch()  # no origin is involved while the client sends
@@ -233,20 +156,17 @@ class Proxy:
             await _plain(send, rejected.status, rejected.reason, [(b"connection", b"close")])
         finally:
             exchange.task = None  # the request is over: a late disconnect cancels nothing
-            budget.active -= 1
-            if exchange.retrying:
-                budget.retries -= 1
+            pool.budget.active -= 1
+            plan.finish()
+            duration = self.clock() - started
             if self.metrics is not None:
-                self.metrics.request(
-                    pool.name, exchange.origin, exchange.status, self.clock() - started
-                )
+                self.metrics.request(pool.name, exchange.origin, exchange.status, duration)
             if self.access_log:
-                _log_access(scope, exchange, self.clock() - started)
+                _log_access(scope, exchange, duration)
 
-    async def _forward(self, scope: Scope, send: Send, exchange: _Exchange) -> None:
+    async def _forward(self, scope: Scope, send: Send, exchange: Exchange) -> None:
         pool = exchange.pool
-        engine = pool.engine
-        origin = engine.pick()
+        origin = pool.engine.pick()
         if origin is None:
             if pool.all_down == "503":
                 exchange.status = 503
@@ -254,50 +174,15 @@ class Proxy:
                 return
             if pool.all_down == "stale" and await self._serve_stale(scope, send, exchange):
                 return
-            origin = engine.next_after([])
+            origin = pool.engine.next_after([])
             assert origin is not None  # there is always at least one origin
-        tried = exchange.tried
-        policy = pool.policy
-        while True:
-            tried.append(origin)
-            if (
-                pool.hedge_after is not None
-                and exchange.body is None
-                and (exchange.method in _HEDGED_METHODS)
-            ):
-                origin, response, result = await self._hedged(origin, exchange)
-            else:
-                response, result = await self._try(origin, exchange)
-            if isinstance(result, int) and not policy.retries_status(result):
-                break
-            refusal = policy.refusal(
-                result, exchange.method, exchange.body, len(tried), exchange.idempotency_key
-            )
-            following = None
-            if refusal is None:
-                following = engine.next_after(tried)
-                if following is not None:
-                    if exchange.remaining(self.clock()) == 0.0:
-                        refusal, following = "deadline", None
-                    elif not exchange.retrying and origin.usable and not pool.budget.allows():
-                        # The budget guards an origin still believed healthy against retry
-                        # storms; once it is ejected or failed, the retry is the failover.
-                        refusal, following = "budget", None
-            if following is None:
-                if refusal not in (None, "status", "condition"):
-                    exchange.not_retried = refusal or ""
-                break
-            if response is not None:
-                response.close()
-            self._start_retry(exchange, result)
-            origin = following
-
+        origin, response, result = await self.attempts.run(exchange, origin)
         failed = response is None or result in pool.failure_statuses
         if failed and pool.stale is not None and await self._serve_stale(scope, send, exchange):
             if response is not None:
                 response.close()
             return
-        extra = self._extra_headers(exchange)
+        extra = _extra_headers(exchange)
         if response is None:
             exchange.status = _ERROR_STATUS.get(result, 502)
             reasons = "; ".join(exchange.failures)
@@ -305,116 +190,7 @@ class Proxy:
             return
         await self._stream(scope, send, origin, response, exchange, extra)
 
-    def _start_retry(self, exchange: _Exchange, reason: str | int) -> None:
-        """Count this request as a retry in flight (once, whatever number of retries)."""
-        if self.metrics is not None:
-            self.metrics.retry(exchange.pool.name, reason)
-        if not exchange.retrying:
-            exchange.retrying = True
-            exchange.pool.budget.retries += 1
-
-    def _extra_headers(self, exchange: _Exchange) -> list[tuple[bytes, bytes]]:
-        extra: list[tuple[bytes, bytes]] = []
-        if exchange.pool.attempts_header and exchange.attempts:
-            extra.append((b"x-failover-attempts", ", ".join(exchange.attempts).encode()))
-        if exchange.not_retried:
-            extra.append((b"x-failover-not-retried", exchange.not_retried.encode()))
-        return extra
-
-    async def _try(
-        self, origin: Origin, exchange: _Exchange
-    ) -> tuple[UpstreamResponse | None, str | int]:
-        """One attempt, reported to the engine and noted in the exchange."""
-        started = self.clock()
-        response: UpstreamResponse | None = None
-        result: str | int
-        try:
-            response = await self._attempt(origin, exchange, started)
-            result = response.status
-        except UpstreamError as error:
-            result = error.kind
-            exchange.failures.append(f"{origin.name}: {error.detail}")
-        except asyncio.CancelledError:
-            exchange.attempts.append(f"{origin.name};cancelled")
-            raise
-        if result != "pool-full":  # a busy pool is ours to fix, not the origin's failure
-            exchange.pool.engine.on_attempt(origin, result, self.clock() - started)
-        if self.metrics is not None:
-            self.metrics.attempt(origin.pool_name, origin.name, result)
-        exchange.attempts.append(f"{origin.name};{result}")
-        return response, result
-
-    async def _hedged(
-        self, origin: Origin, exchange: _Exchange
-    ) -> tuple[Origin, UpstreamResponse | None, str | int]:
-        """Send to `origin`; if it has not answered with headers within `hedge_after`, send the
-        same request to the next origin too. The first response with headers wins; the other
-        attempt is cancelled, which closes its connection."""
-        pool = exchange.pool
-        first = asyncio.ensure_future(self._try(origin, exchange))
-        try:
-            with contextlib.suppress(TimeoutError):
-                return origin, *(await asyncio.wait_for(asyncio.shield(first), pool.hedge_after))
-            second_origin = pool.engine.next_after(exchange.tried)
-            if second_origin is None or (not exchange.retrying and not pool.budget.allows()):
-                return origin, *(await first)
-        except asyncio.CancelledError:
-            first.cancel()  # the shielded attempt must not outlive its request
-            raise
-        exchange.tried.append(second_origin)
-        self._start_retry(exchange, "hedge")
-        second = asyncio.ensure_future(self._try(second_origin, exchange))
-        owners: dict[asyncio.Future[_Tried], Origin] = {first: origin, second: second_origin}
-        pending: set[asyncio.Future[_Tried]] = {first, second}
-        outcome: tuple[Origin, UpstreamResponse | None, str | int] | None = None
-        try:
-            while pending and (outcome is None or outcome[1] is None):
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    response, result = task.result()
-                    if response is not None and outcome is not None and outcome[1] is not None:
-                        response.close()  # both answered at once: keep the first
-                    elif outcome is None or outcome[1] is None:
-                        outcome = (owners[task], response, result)
-        finally:
-            for task in pending:
-                task.cancel()
-            for late in await asyncio.gather(*pending, return_exceptions=True):
-                if isinstance(late, tuple) and late[0] is not None:
-                    late[0].close()
-        assert outcome is not None
-        return outcome
-
-    async def _attempt(self, origin: Origin, exchange: _Exchange, now: float) -> UpstreamResponse:
-        host = exchange.host_header or (exchange.client_host if origin.preserve_host else None)
-        body = exchange.body
-        first_byte = exchange.pool.first_byte
-        remaining = exchange.remaining(now)
-        if remaining is not None:
-            first_byte = min(first_byte, remaining)
-        deadline = None
-        if body is not None:
-            # The first-byte clock starts once the whole request is upstream (unless the
-            # response came before the body ended).
-            deadline = asyncio.timeout(None)
-            loop = asyncio.get_running_loop()
-
-            def body_sent() -> None:
-                with contextlib.suppress(RuntimeError):
-                    deadline.reschedule(loop.time() + first_byte)
-
-            body.on_complete = body_sent
-        return await self.upstream.open(
-            origin,
-            exchange.method,
-            exchange.target,
-            [("Host", host or origin.host_header), *exchange.headers],
-            body,
-            first_byte,
-            deadline,
-        )
-
-    async def _serve_stale(self, scope: Scope, send: Send, exchange: _Exchange) -> bool:
+    async def _serve_stale(self, scope: Scope, send: Send, exchange: Exchange) -> bool:
         """Answer with a stored copy if one may be served; say whether it did."""
         stale = exchange.pool.stale
         if stale is None or exchange.method != "GET":
@@ -430,7 +206,7 @@ class Proxy:
         ]
         if exchange.pool.origin_header:
             headers.append((b"x-failover-origin", entry.origin))
-        headers.extend(self._extra_headers(exchange))
+        headers.extend(_extra_headers(exchange))
         exchange.status, exchange.origin = 200, entry.origin.decode()
         exchange.bytes_out = len(entry.body)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -443,7 +219,7 @@ class Proxy:
         send: Send,
         origin: Origin,
         response: UpstreamResponse,
-        exchange: _Exchange,
+        exchange: Exchange,
         extra: list[tuple[bytes, bytes]],
     ) -> None:
         """Stream the response to the client; close the upstream response whatever happens
@@ -520,21 +296,36 @@ class Proxy:
         )
 
 
-def _target(scope: Scope) -> str | None:
-    """The raw path and query as the client sent them; None if not origin-form."""
-    raw_path: bytes | None = scope.get("raw_path")
-    if raw_path is None:
-        raw_path = quote(scope["path"]).encode()
-    if not raw_path.startswith(b"/"):
-        # Absolute form ("http://host/path"): the client never chooses the upstream.
-        scheme, sep, rest = raw_path.partition(b"://")
-        if not sep or scheme.lower() not in (b"http", b"https"):
-            return None
-        raw_path = b"/" + rest.partition(b"/")[2]
-    query: bytes = scope.get("query_string", b"")
-    if query:
-        return raw_path.decode("latin-1") + "?" + query.decode("latin-1")
-    return raw_path.decode("latin-1")
+def _extra_headers(exchange: Exchange) -> list[tuple[bytes, bytes]]:
+    extra: list[tuple[bytes, bytes]] = []
+    if exchange.pool.attempts_header and exchange.attempts:
+        extra.append((b"x-failover-attempts", ", ".join(exchange.attempts).encode()))
+    if exchange.plan.not_retried:
+        extra.append((b"x-failover-not-retried", exchange.plan.not_retried.encode()))
+    return extra
+
+
+def _stale_key(scope: Scope, exchange: Exchange) -> tuple[str, str, str]:
+    return StaleCache.key(scope.get("scheme", "http"), exchange.client_host, exchange.target)
+
+
+def _log_access(scope: Scope, exchange: Exchange, duration: float) -> None:
+    """One JSON line per request (`log.access: true`)."""
+    client = scope.get("client")
+    fields = {
+        "time": round(time.time(), 3),
+        "client": client[0] if client else None,
+        "pool": exchange.pool.name,
+        "method": exchange.method,
+        "path": exchange.target,
+        "status": exchange.status,
+        "origin": exchange.origin,
+        "attempts": exchange.attempts,
+        "duration_ms": round(duration * 1000, 3),
+        "bytes_in": exchange.body.size if exchange.body is not None else 0,
+        "bytes_out": exchange.bytes_out,
+    }
+    _access.info(json.dumps(fields, separators=(",", ":")))
 
 
 async def _plain(

@@ -13,8 +13,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from .config import RetryConfig
+from .origins import Origin
 
-__all__ = ["BodyRejected", "ClientGone", "RequestBody", "RetryBudget", "RetryPolicy"]
+__all__ = [
+    "BodyRejected",
+    "ClientGone",
+    "RequestBody",
+    "RetryBudget",
+    "RetryPlan",
+    "RetryPolicy",
+]
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
@@ -164,3 +172,95 @@ class RetryPolicy:
         if attempts >= self.attempts:
             return "attempts"
         return None
+
+
+class RetryPlan:
+    """The decision after each attempt of one request: the origin to try next, or stop with a
+    reason. One object for the plain path and the hedged one, so that both obey the same
+    attempts, budget and deadline. Pure: the caller passes `now`; the candidates come from the
+    pool's engine (`next_after`, itself pure).
+
+    The budget guards an origin still believed healthy against retry storms; once the failed
+    origin is ejected or failed, the retry is the failover and the budget does not apply."""
+
+    __slots__ = (
+        "body",
+        "budget",
+        "deadline_at",
+        "idempotency_key",
+        "method",
+        "next_after",
+        "not_retried",
+        "policy",
+        "retrying",
+        "tried",
+    )
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        budget: RetryBudget,
+        next_after: Callable[[list[Origin]], Origin | None],
+        method: str,
+        body: RequestBody | None,
+        idempotency_key: bool,
+        deadline_at: float | None,
+    ) -> None:
+        self.policy = policy
+        self.budget = budget
+        self.next_after = next_after
+        self.method = method
+        self.body = body
+        self.idempotency_key = idempotency_key
+        self.deadline_at = deadline_at
+        self.tried: list[Origin] = []
+        self.retrying = False  # counted as a retry in flight (once, however many retries)
+        self.not_retried = ""  # why a possible retry was refused, for X-Failover-Not-Retried
+
+    def remaining(self, now: float) -> float | None:
+        """Seconds left before `timeouts.request`, None without one."""
+        if self.deadline_at is None:
+            return None
+        return max(0.0, self.deadline_at - now)
+
+    def next(self, origin: Origin, result: str | int, now: float) -> Origin | None:
+        """After `origin` answered `result`: the next origin, or None to stop."""
+        if isinstance(result, int) and not self.policy.retries_status(result):
+            return None
+        refusal = self.policy.refusal(
+            result, self.method, self.body, len(self.tried), self.idempotency_key
+        )
+        following = None
+        if refusal is None:
+            following = self.next_after(self.tried)
+            if following is not None:
+                refusal = self._limit(origin, now)
+                if refusal is not None:
+                    following = None
+        if following is None and refusal not in (None, "status", "condition"):
+            self.not_retried = refusal or ""
+        return following
+
+    def hedge(self, origin: Origin, now: float) -> Origin | None:
+        """The origin to send a hedge to while `origin` has not answered, if any may be."""
+        following = self.next_after(self.tried)
+        if following is None or self._limit(origin, now) is not None:
+            return None
+        return following
+
+    def _limit(self, origin: Origin, now: float) -> str | None:
+        if self.remaining(now) == 0.0:
+            return "deadline"
+        if not self.retrying and origin.usable and not self.budget.allows():
+            return "budget"
+        return None
+
+    def start_retry(self) -> None:
+        """This request now retries (or hedges): it counts against the budget until it ends."""
+        if not self.retrying:
+            self.retrying = True
+            self.budget.retries += 1
+
+    def finish(self) -> None:
+        if self.retrying:
+            self.budget.retries -= 1

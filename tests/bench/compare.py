@@ -6,6 +6,7 @@ Usage, from the repository root with the project's virtualenv:
         --variant metrics-off='metrics: {enabled: false}'      # 5 rounds of 5 s (~4 min)
     python tests/bench/compare.py --tree before=../base --tree after=.   # code before/after
     python tests/bench/compare.py --rounds 3 --duration 3 ...
+    python tests/bench/compare.py --routes 1000   # one route against 1,000 routes
 
 A variant is NAME=YAML: top-level config keys laid over a minimal config (one origin, the
 defaults for everything else). `--tree NAME=DIR` runs variant NAME from another checkout (its
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -59,13 +61,42 @@ from throughput import (  # a sibling script, found through sys.path
 
 
 def failover_config(port: int, origin_port: int, overlay: str) -> str:
+    """One origin and the defaults, with `overlay` laid over. An overlay with its own
+    top-level `pools:` replaces the origin; it names the origin's URL as `{origin}`."""
+    origin = f"http://127.0.0.1:{origin_port}"
+    if re.search(r"^pools:", overlay, re.M):
+        return f"""
+listen: {{host: 127.0.0.1, port: {port}}}
+shutdown_timeout: 5
+{overlay.replace("{origin}", origin)}
+"""
     return f"""
 listen: {{host: 127.0.0.1, port: {port}}}
 origins:
-  - {{name: origin, url: "http://127.0.0.1:{origin_port}"}}
+  - {{name: origin, url: "{origin}"}}
 shutdown_timeout: 5
 {overlay}
 """
+
+
+def routes_variants(count: int) -> dict[str, str]:
+    """Two configs that differ only in the routes in front of the catch-all: one, and
+    `count` (a third each exact hosts, wildcards and path prefixes of other sites)."""
+    pools = 'pools:\n  site: {origins: [{name: origin, url: "{origin}"}]}\n'
+    many = ["routes:"]
+    for index in range(count - 1):
+        kind = index % 3
+        if kind == 0:
+            many.append(f"  - {{host: www{index}.example.com, pool: site}}")
+        elif kind == 1:
+            many.append(f'  - {{host: "*.site{index}.example.com", pool: site}}')
+        else:
+            many.append(f"  - {{host: api.example.com, path: /v{index}/, pool: site}}")
+    many.append("  - {pool: site}")
+    return {
+        "one-route": pools + "routes:\n  - {pool: site}\n",
+        f"{count}-routes": pools + "\n".join(many) + "\n",
+    }
 
 
 def round_order(index: int, variants: Sequence[str]) -> list[str]:
@@ -167,6 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="NAME=DIR",
         help="run variant NAME from the checkout DIR (default: this one)",
     )
+    parser.add_argument(
+        "--routes",
+        type=int,
+        metavar="N",
+        help="compare one catch-all route with N routes (exact, wildcard and path) in front",
+    )
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     args = parser.parse_args(argv)
@@ -176,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = dict(item.partition("=")[::2] for item in args.variant)
     for name in trees:
         variants.setdefault(name, "")
+    if args.routes:
+        variants.update(routes_variants(args.routes))
     if len(variants) != 2 or "" in variants:
         parser.error("name two variants in all (--variant NAME=YAML or --tree NAME=DIR)")
     try:

@@ -62,12 +62,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args.path)
     if args.command == "run":
         return _run(args)
+    from .app import App
     from .demo import run_demo
 
     setup_logging(args.log_level)
     previous = signal.signal(signal.SIGTERM, _stopped)
     try:
-        asyncio.run(run_demo(args.port, args.origin_ports[0], args.origin_ports[1]))
+        asyncio.run(run_demo(App, args.port, args.origin_ports[0], args.origin_ports[1]))
     except KeyboardInterrupt:
         pass
     except OSError as exc:
@@ -201,34 +202,10 @@ def _stopped(signum: int, frame: object) -> None:
 def uvicorn_config(
     settings: Settings, app: Any, log_level: str = "info", workers: int = 1
 ) -> dict[str, Any]:
-    """uvicorn's settings for the proxy: uvloop, httptools with the client limits
-    (`limits:`, see failover.listener), no server-added headers."""
-    from .listener import HttpProtocolFactory, connection_limit
+    """uvicorn's settings for the proxy (see failover.listener.uvicorn_options)."""
+    from .listener import uvicorn_options  # uvicorn loads only when the proxy runs
 
-    limits = settings.limits
-    options: dict[str, Any] = dict(
-        app=app,
-        host=settings.listen.host,
-        port=settings.listen.port,
-        loop="uvloop",
-        http=HttpProtocolFactory(limits, connection_limit(limits.max_connections)),
-        ws="none",
-        lifespan="on",
-        log_config=None,
-        log_level=log_level,
-        access_log=False,
-        server_header=False,
-        # uvicorn would otherwise take the client address from X-Forwarded-For sent by any
-        # loopback peer; the proxy appends the real peer itself and admin.allow checks it.
-        proxy_headers=False,
-        date_header=False,
-        timeout_graceful_shutdown=settings.shutdown_timeout,
-        # The listener's idle_timeout takes over uvicorn's keep-alive timeout.
-        timeout_keep_alive=limits.idle_timeout,
-    )
-    if workers > 1:
-        options.update(workers=workers, factory=True)
-    return options
+    return uvicorn_options(settings, app, log_level, workers)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,13 @@ secondary, flips it back and watches traffic return once the hold-down has passe
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import uvicorn
 import yaml
 
-from .app import App
-from .config import build_settings
+from .config import Settings, build_settings
 from .faulty import FaultyOrigin
 
 __all__ = ["demo_config", "run_demo"]
@@ -64,7 +65,12 @@ Press Ctrl-C to stop.
 """
 
 
-async def run_demo(port: int = 8080, primary_port: int = 9001, secondary_port: int = 9002) -> None:
+async def run_demo(
+    build_app: Callable[[Settings], Any],
+    port: int = 8080,
+    primary_port: int = 9001,
+    secondary_port: int = 9002,
+) -> None:
     primary = FaultyOrigin("primary", port=primary_port, health_path="/health")
     secondary = FaultyOrigin("secondary", port=secondary_port, health_path="/health")
     await primary.start()
@@ -76,11 +82,10 @@ async def run_demo(port: int = 8080, primary_port: int = 9001, secondary_port: i
         print(yaml.safe_dump(config, sort_keys=False))
         print(instructions(port, primary.port))
         sys.stdout.flush()
-        from .cli import uvicorn_config
-        from .listener import prepare_open_files
+        from .listener import prepare_open_files, uvicorn_options
 
         prepare_open_files(settings.limits)
-        server = uvicorn.Server(uvicorn.Config(**uvicorn_config(settings, App(settings))))
+        server = uvicorn.Server(uvicorn.Config(**uvicorn_options(settings, build_app(settings))))
         await server.serve()
     finally:
         await primary.stop()

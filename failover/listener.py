@@ -43,7 +43,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 from uvicorn.server import ServerState
 
-from .config import LimitsConfig
+from .config import LimitsConfig, Settings
 
 __all__ = [
     "ClosedConnections",
@@ -52,6 +52,7 @@ __all__ = [
     "connection_limit",
     "prepare_open_files",
     "raise_open_file_limit",
+    "uvicorn_options",
 ]
 
 logger = logging.getLogger("failover.listener")
@@ -483,3 +484,34 @@ class HttpProtocolFactory:
 
     def __reduce__(self) -> tuple[type[HttpProtocolFactory], tuple[LimitsConfig, int]]:
         return (HttpProtocolFactory, (self.limits, self.max_connections))
+
+
+def uvicorn_options(
+    settings: Settings, app: Any, log_level: str = "info", workers: int = 1
+) -> dict[str, Any]:
+    """uvicorn's settings for the proxy: uvloop, httptools with the client limits
+    (`limits:`, see failover.listener), no server-added headers."""
+    limits = settings.limits
+    options: dict[str, Any] = dict(
+        app=app,
+        host=settings.listen.host,
+        port=settings.listen.port,
+        loop="uvloop",
+        http=HttpProtocolFactory(limits, connection_limit(limits.max_connections)),
+        ws="none",
+        lifespan="on",
+        log_config=None,
+        log_level=log_level,
+        access_log=False,
+        server_header=False,
+        # uvicorn would otherwise take the client address from X-Forwarded-For sent by any
+        # loopback peer; the proxy appends the real peer itself and admin.allow checks it.
+        proxy_headers=False,
+        date_header=False,
+        timeout_graceful_shutdown=settings.shutdown_timeout,
+        # The listener's idle_timeout takes over uvicorn's keep-alive timeout.
+        timeout_keep_alive=limits.idle_timeout,
+    )
+    if workers > 1:
+        options.update(workers=workers, factory=True)
+    return options

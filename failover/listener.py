@@ -60,6 +60,9 @@ logger = logging.getLogger("failover.listener")
 # File descriptors kept aside for everything that is not a client connection (listening
 # sockets, probes, log files, the config watcher).
 FD_HEADROOM = 64
+# After a refusal: how long the client may go on sending before the connection closes (what
+# it sends is read and dropped).
+LINGER = 2.0
 _BENIGN = frozenset({"idle"})
 
 
@@ -206,6 +209,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._refusal: tuple[int, str, str] | None = None
         self._refused = False
         self._on_lost: Callable[[], None] | None = None
+        self._lingering = False  # a refusal was sent: what the client still sends is dropped
+        self._linger_timer: asyncio.TimerHandle | None = None
         # ASGI extensions are dicts; this one holds the function to register with.
         self._extensions: dict[str, dict[object, object]] = {
             "failover.disconnect": {"watch": self._watch_disconnect}
@@ -241,6 +246,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         super().connection_lost(exc)
         on_lost, self._on_lost = self._on_lost, None
         if on_lost is not None:
@@ -280,11 +288,25 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self.transport.pause_reading()
             return
         self.transport.write(error_response(status, reason, self.server_state.default_headers))
-        self.transport.close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """nginx's lingering close: after a refusal, half-close and drop what the client still
+        sends for up to LINGER seconds, so that a client in the middle of sending reads the
+        answer rather than a reset."""
+        transport = self.transport
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._lingering = True
+        self._linger_timer = self.loop.call_later(LINGER, transport.close)
 
     # -- reading ---------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # after a refusal: dropped
         if self.timeout_keep_alive_task is not None:
             self.timeout_keep_alive_task.cancel()
             self.timeout_keep_alive_task = None

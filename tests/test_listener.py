@@ -103,14 +103,33 @@ async def test_a_head_larger_than_max_header_bytes_gets_431_and_a_close(
     assert (await proxy.client.get("/echo")).status_code == 200
 
 
+async def test_a_client_still_sending_a_large_head_reads_the_431_not_a_reset(
+    make_origin: MakeOrigin, make_proxy: MakeProxy
+) -> None:
+    # The proxy refuses after 64 KiB while the client is still sending: it lingers (drops
+    # what follows for a moment) so that the client reads the answer, as nginx does.
+    proxy = await proxy_with(make_origin, make_proxy)
+    for _ in range(5):
+        big = head("/echo", "Host: a", "X-Big: " + "a" * 8 * 1024 * 1024)
+        status, headers, _, rest = await refused(proxy.port, big)
+        assert (status, headers["connection"], rest) == (431, "close", b"")
+
+
 class RecordingTransport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.written = bytearray()
         self.closed = False
+        self.eof = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.written += data
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
 
     def close(self) -> None:
         self.closed = True
@@ -154,7 +173,7 @@ async def test_a_32_mib_header_reaches_the_parser_only_up_to_the_budget() -> Non
         if transport.closed:
             break
         protocol.data_received(chunk)
-    assert transport.closed
+    assert transport.eof  # answered and half-closed; the rest was read and dropped
     assert parser.fed == 64 * 1024
     assert transport.written.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
     protocol.connection_lost(None)

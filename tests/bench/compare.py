@@ -127,13 +127,34 @@ def start_all(
     return services
 
 
-def report(rows: dict[tuple[str, str], Row], targets: list[str], a: str, b: str) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (from /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def report(
+    rows: dict[tuple[str, str], Row],
+    targets: list[str],
+    a: str,
+    b: str,
+    cpu: dict[tuple[str, str], list[float]],
+) -> None:
     print_table(rows, targets)
     for obj in OBJECTS:
         pairs = paired_ratios(rows[(b, obj)], rows[(a, obj)])
         print(
             f"{b} / {a}, {obj}, per round (back to back): "
             f"{', '.join(f'{p:.2f}x' for p in pairs)}; median {statistics.median(pairs):.2f}x"
+        )
+    # CPU time per request depends far less on what else the machine runs than req/s does.
+    for obj in OBJECTS:
+        per_a, per_b = cpu[(a, obj)], cpu[(b, obj)]
+        ratios = [y / x for x, y in zip(per_a, per_b, strict=True)]
+        print(
+            f"CPU per request, {obj}: {a} {statistics.median(per_a):.1f} us, "
+            f"{b} {statistics.median(per_b):.1f} us; {b} / {a} per round: "
+            f"{', '.join(f'{r:.2f}x' for r in ratios)}; median {statistics.median(ratios):.2f}x"
         )
     print()
 
@@ -163,6 +184,7 @@ def benchmark(
         services = start_all(procs, workdir, www, variants, trees)
         targets = list(services)
         rows = {(t, o): Row(t, o) for t in targets for o in OBJECTS}
+        cpu: dict[tuple[str, str], list[float]] = {(v, o): [] for v in variants for o in OBJECTS}
         for service in services.values():  # warm pools and caches, unmeasured
             for path, _ in OBJECTS.values():
                 run_wrk(service.url + path, 1)
@@ -171,11 +193,16 @@ def benchmark(
             print(f"round {index + 1}/{rounds}: {', '.join(order)}", flush=True)
             for obj, (path, _) in OBJECTS.items():
                 for target in order:
-                    rows[(target, obj)].results.append(
-                        run_wrk(services[target].url + path, duration)
-                    )
+                    pid = services[target].process.pid
+                    before = cpu_seconds(pid)
+                    result = run_wrk(services[target].url + path, duration)
+                    rows[(target, obj)].results.append(result)
+                    if target in variants:
+                        used = cpu_seconds(pid) - before
+                        requests = result.requests_per_s * duration
+                        cpu[(target, obj)].append(used / max(requests, 1) * 1e6)
         print()
-        report(rows, targets, *variants)
+        report(rows, targets, *variants, cpu)
         print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     finally:
         procs.stop_all()

@@ -1,4 +1,5 @@
-"""The dashboard in a real browser: it shows the origins and follows a failover as it happens.
+"""The dashboard in a real browser: it shows each pool's origins and follows a failover as it
+happens.
 
 Needs playwright (Python) and a Chromium at /usr/bin/chromium. Without them the test is
 skipped, unless FAILOVER_REQUIRE_BROWSER=1 asks for it to fail instead.
@@ -44,19 +45,46 @@ def require_browser() -> None:
         unavailable(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
 
 
-async def test_the_dashboard_follows_a_failover(make_origin: Any, make_proxy: Any) -> None:
+HOSTS = {"static": "static.example.com", "api": "api.example.com"}
+
+
+def two_pools(origins: dict[str, Any]) -> dict[str, Any]:
+    """Pools "static" and "api", each a primary and a secondary, routed by Host."""
+    config = proxy_config()
+    del config["origins"]
+    config["pools"] = {
+        pool: {
+            "origins": [
+                origin_config(f"{pool}-primary", origins[f"{pool}-primary"], 0),
+                origin_config(f"{pool}-secondary", origins[f"{pool}-secondary"], 1),
+            ]
+        }
+        for pool in ("static", "api")
+    }
+    config["routes"] = [{"host": HOSTS[pool], "pool": pool} for pool in ("static", "api")]
+    return config
+
+
+async def served_by(proxy: Any, pool: str) -> str:
+    response = await proxy.client.get("/echo", headers={"Host": HOSTS[pool]})
+    assert response.status_code == 200
+    origin: str = response.headers["x-failover-origin"]
+    return origin
+
+
+async def test_the_dashboard_follows_a_failover_in_one_pool_of_two(
+    make_origin: Any, make_proxy: Any
+) -> None:
     require_browser()
     from playwright.async_api import Error as PlaywrightError
     from playwright.async_api import async_playwright, expect
 
-    primary = await make_origin("primary")
-    secondary = await make_origin("secondary")
-    proxy = await make_proxy(
-        proxy_config(origin_config("primary", primary, 0), origin_config("secondary", secondary, 1))
-    )
-    for _ in range(5):
-        response = await proxy.client.get("/echo")
-        assert response.headers["x-failover-origin"] == "primary"
+    names = [f"{pool}-{role}" for pool in ("static", "api") for role in ("primary", "secondary")]
+    origins = {name: await make_origin(name) for name in names}
+    proxy = await make_proxy(two_pools(origins))
+    for _ in range(3):
+        assert await served_by(proxy, "static") == "static-primary"
+        assert await served_by(proxy, "api") == "api-primary"
 
     async with async_playwright() as playwright:
         try:
@@ -81,30 +109,62 @@ async def test_the_dashboard_follows_a_failover(make_origin: Any, make_proxy: An
             assert headers["x-frame-options"] == "DENY"
             assert headers["x-content-type-options"] == "nosniff"
 
-            rows = page.locator("#origins tbody tr")
-            primary_row = page.locator('#origins tr[data-origin="primary"]')
-            secondary_row = page.locator('#origins tr[data-origin="secondary"]')
-            await expect(rows).to_have_count(2, timeout=WAIT_MS)
-            await expect(primary_row).to_contain_text("healthy")
-            await expect(secondary_row).to_contain_text("healthy")
-            await expect(page.locator("#active-name")).to_have_text("primary")
-            await expect(primary_row).to_have_class(re.compile(r"\btaking\b"))
+            # One section per pool, in config order, each with its own origins.
+            sections = page.locator("section.pool")
+            static = page.locator('section[data-pool="static"]')
+            api = page.locator('section[data-pool="api"]')
+            await expect(sections).to_have_count(2, timeout=WAIT_MS)
+            await expect(sections.locator("h2 .name")).to_have_text(["static", "api"])
+            for section, pool in ((static, "static"), (api, "api")):
+                await expect(section.locator("tbody tr")).to_have_count(2)
+                for role in ("primary", "secondary"):
+                    row = section.locator(f'tr[data-origin="{pool}-{role}"]')
+                    await expect(row.locator(".state")).to_have_text("healthy", timeout=WAIT_MS)
+                await expect(section.locator(".active b")).to_have_text(f"{pool}-primary")
+                await expect(section.locator(f'tr[data-origin="{pool}-primary"]')).to_have_class(
+                    re.compile(r"\btaking\b")
+                )
+                await expect(section.locator("h2 .ready")).to_have_text("ready", timeout=WAIT_MS)
 
-            await primary.set_mode("refuse")
+            await origins["api-primary"].set_mode("refuse")
 
-            await expect(page.locator("#active-name")).to_have_text("secondary", timeout=WAIT_MS)
-            await expect(secondary_row).to_have_class(re.compile(r"\btaking\b"), timeout=WAIT_MS)
-            await expect(primary_row.locator(".state")).not_to_have_text("healthy", timeout=WAIT_MS)
-            await expect(primary_row.locator(".state")).to_have_class(re.compile(r"\bunusable\b"))
-            await expect(page.locator("#events li").first).to_contain_text(
-                "primary", timeout=WAIT_MS
+            # The api pool moves to its secondary; the static pool stays on its primary.
+            await expect(api.locator(".active b")).to_have_text("api-secondary", timeout=WAIT_MS)
+            await expect(api.locator('tr[data-origin="api-secondary"]')).to_have_class(
+                re.compile(r"\btaking\b"), timeout=WAIT_MS
             )
-            await expect(
-                page.locator("#events li", has_text="traffic-moved").first
-            ).to_contain_text("primary")
+            api_primary_state = api.locator('tr[data-origin="api-primary"] .state')
+            await expect(api_primary_state).not_to_have_text("healthy", timeout=WAIT_MS)
+            await expect(api_primary_state).to_have_class(re.compile(r"\bunusable\b"))
+            await expect(api.locator("h2 .ready")).to_have_text("ready")
+            await expect(static.locator(".active b")).to_have_text("static-primary")
+            await expect(static.locator('tr[data-origin="static-primary"]')).to_have_class(
+                re.compile(r"\btaking\b")
+            )
+            await expect(static.locator('tr[data-origin="static-primary"] .state')).to_have_text(
+                "healthy"
+            )
+            # The timeline says which pool the move happened in.
+            moved = page.locator("#events li", has_text="traffic-moved").first
+            await expect(moved).to_contain_text("api-secondary", timeout=WAIT_MS)
+            await expect(moved.locator(".tag")).to_have_text("api")
+            await expect(moved).to_have_attribute("data-pool", "api")
+            assert await served_by(proxy, "static") == "static-primary"
+            assert await served_by(proxy, "api") == "api-secondary"
             assert problems == []
 
             ARTIFACTS.mkdir(exist_ok=True)
             await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+            # With both of its origins gone, the pool says so in the down style.
+            await origins["api-secondary"].set_mode("refuse")
+            await expect(api.locator(".active b")).to_have_text("no usable origin", timeout=WAIT_MS)
+            await expect(api.locator(".active")).to_have_class(re.compile(r"\bdown\b"))
+            await expect(api.locator("h2 .ready")).to_have_text("not ready", timeout=WAIT_MS)
+            await expect(api.locator("h2 .ready")).to_have_class(re.compile(r"\bunusable\b"))
+            await expect(static.locator(".active")).not_to_have_class(re.compile(r"\bdown\b"))
+            await expect(static.locator("h2 .ready")).to_have_text("ready")
+            assert problems == []
+            await page.screenshot(path=str(ARTIFACTS / "dashboard-pool-down.png"), full_page=True)
         finally:
             await browser.close()

@@ -13,7 +13,6 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from .metrics import Metrics
 from .origins import Origin
@@ -47,16 +46,16 @@ class Exchange:
     bytes_out: int = 0
     attempts: list[str] = field(default_factory=list)  # "name;result", for X-Failover-Attempts
     failures: list[str] = field(default_factory=list)  # "name: detail", for error bodies
-    task: asyncio.Task[Any] | None = None  # the request's task, cancelled if the client leaves
+    active: bool = True  # False once the request is over
     gone: bool = False  # the client closed its connection while the request was in progress
 
-    def client_left(self) -> None:
-        """The listener's disconnect callback: stop the request where it is."""
-        task = self.task
-        if task is not None:
-            self.gone = True
-            self.task = None
-            task.cancel()
+    def client_left(self) -> bool:
+        """The listener's disconnect callback: True (cancel the request's task) while the
+        request is in progress."""
+        if not self.active:
+            return False
+        self.gone = True
+        return True
 
 
 class Attempts:

@@ -12,8 +12,9 @@ connection only after a response. `LimitedHttpToolsProtocol` adds, per connectio
 - `max_connections`: a connection past it gets 503 and is closed at once;
 - the `failover.disconnect` extension in each request's scope: the app registers a callback
   with `scope["extensions"]["failover.disconnect"]["watch"](callback)`; it runs the moment
-  the client's connection is lost while its request is in progress (ASGI 2.3 tells an app of
-  a disconnect only when it calls `receive()`).
+  the client's connection is lost while the request's response is not complete, and when it
+  returns True the request's task is cancelled (ASGI 2.3 tells an app of a disconnect only
+  when it calls `receive()`).
 
 Every cut is counted by reason and logged at most once a second (`ClosedConnections`). The
 timers are `loop.call_later` handles: the header timer is armed only when a read leaves a
@@ -26,6 +27,7 @@ uvicorn to the minor version they were written against.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import resource
 from collections import Counter
@@ -208,7 +210,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._refusal: tuple[int, str, str] | None = None
         self._refused = False
-        self._on_lost: Callable[[], None] | None = None
+        self._on_lost: Callable[[], bool] | None = None
+        self._task: asyncio.Task[None] | None = None  # the request's
         self._lingering = False  # a refusal was sent: what the client still sends is dropped
         self._linger_timer: asyncio.TimerHandle | None = None
         # ASGI extensions are dicts; this one holds the function to register with.
@@ -216,10 +219,25 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             "failover.disconnect": {"watch": self._watch_disconnect}
         }
 
-    def _watch_disconnect(self, callback: Callable[[], None]) -> None:
+    def _watch_disconnect(self, callback: Callable[[], bool]) -> None:
         """The `failover.disconnect` extension: `callback` runs if the connection is lost
-        before the next request registers its own (one request at a time is served)."""
+        before the response is complete; if it returns True, the request's task is
+        cancelled."""
         self._on_lost = callback
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        # uvicorn's, keeping the task for the disconnect extension.
+        if self.config.reset_contextvars:
+            task = self.loop.create_task(cycle.run_asgi(app), context=contextvars.Context())
+        else:
+            task = self.loop.create_task(cycle.run_asgi(app))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+        self._task = task
+
+    def on_response_complete(self) -> None:
+        self._on_lost = None  # the response is out: a disconnect now cancels nothing
+        super().on_response_complete()
 
     # -- connection ------------------------------------------------------------------------
 
@@ -251,8 +269,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._linger_timer = None
         super().connection_lost(exc)
         on_lost, self._on_lost = self._on_lost, None
-        if on_lost is not None:
-            on_lost()
+        task = self._task
+        if on_lost is not None and on_lost() and task is not None and not task.done():
+            task.cancel()
 
     def timeout_keep_alive_handler(self) -> None:
         """idle_timeout passed with no request in progress: close without a word."""

@@ -135,7 +135,6 @@ class Proxy:
         exchange.host_header, exchange.mount = match.route.host_header, match.stripped
         disconnect = scope.get("extensions", _NO_EXTENSIONS).get(DISCONNECT_EXTENSION)
         if disconnect is not None:
-            exchange.task = asyncio.current_task()
             disconnect["watch"](exchange.client_left)
         pool.budget.active += 1
         try:
@@ -155,7 +154,7 @@ class Proxy:
             exchange.status = rejected.status
             await _plain(send, rejected.status, rejected.reason, [(b"connection", b"close")])
         finally:
-            exchange.task = None  # the request is over: a late disconnect cancels nothing
+            exchange.active = False  # the request is over: a late disconnect cancels nothing
             pool.budget.active -= 1
             plan.finish()
             duration = self.clock() - started

@@ -809,9 +809,10 @@ def build_settings(data: dict[str, Any]) -> Settings:
         # Describing costs more than validating: describe no more lines than are shown.
         problems += [_describe(error) for error in errors[:MAX_PROBLEMS]]
         undescribed = max(0, len(errors) - MAX_PROBLEMS)
-        # The duplicate check runs only once every origin is valid; say it now as well, so
-        # that one round of fixes is enough.
+        # The checks of the whole config run only once every part is valid; say what can
+        # be said now as well, so that one round of fixes is enough.
         problems += _duplicate_names(data)
+        problems += _raw_route_problems(data)
     except (SettingsError, RecursionError) as exc:
         # An environment variable for a list or mapping that does not parse as JSON.
         problems += _environment_problems() or [f"environment: {quote(str(exc), 200)}"]
@@ -893,17 +894,49 @@ def _environment_problems() -> list[str]:
 
 
 def _duplicate_names(data: dict[str, Any]) -> list[str]:
-    origins = data.get("origins")
-    if not isinstance(origins, list):
+    """Origin names given twice, in the single-pool form or across pools."""
+    lists: list[tuple[str, Any]] = [("-", data.get("origins"))]
+    pools = data.get("pools")
+    if isinstance(pools, dict):
+        lists += [
+            (str(name), pool.get("origins"))
+            for name, pool in pools.items()
+            if isinstance(pool, dict)
+        ]
+    owners: dict[str, list[str]] = {}
+    for pool, origins in lists:
+        if isinstance(origins, list):
+            for o in origins:
+                if isinstance(o, dict) and isinstance(o.get("name"), str):
+                    owners.setdefault(o["name"], []).append(pool)
+    problems = []
+    for name, where in sorted(owners.items()):
+        if len(where) > 1:
+            if where[0] == "-":
+                problems.append(f"origins: duplicate origin name {quote(name)}")
+            else:
+                pools_named = " and ".join(dict.fromkeys(where))
+                problems.append(f"pools: duplicate origin name {quote(name)} (pools {pools_named})")
+    return problems
+
+
+def _raw_route_problems(data: dict[str, Any]) -> list[str]:
+    """The route checks, on routes that are well-formed even though the config is not."""
+    from .router import Route, check_routes
+
+    routes, pools = data.get("routes"), data.get("pools")
+    if not isinstance(routes, list) or not isinstance(pools, dict):
         return []
-    names: list[str] = [
-        o["name"] for o in origins if isinstance(o, dict) and isinstance(o.get("name"), str)
-    ]
-    counts: dict[str, int] = {}
-    for name in names:
-        counts[name] = counts.get(name, 0) + 1
-    repeated = sorted(name for name, count in counts.items() if count > 1)
-    return [f"origins: duplicate origin name {quote(name)}" for name in repeated]
+    fields = ("pool", "host", "path", "strip_prefix", "host_header")
+    parsed: list[Route] = []
+    for route in routes:
+        if not (isinstance(route, dict) and isinstance(route.get("pool"), str)):
+            return []  # pydantic names it; the indexes would no longer line up
+        try:
+            parsed.append(Route(**{k: v for k, v in route.items() if k in fields}))
+        except TypeError:
+            return []
+    return check_routes(parsed, [str(name) for name in pools])
 
 
 def load_config(path: str | Path) -> Settings:

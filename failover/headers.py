@@ -166,6 +166,12 @@ class LocationRewriter:
                     break
         else:
             return None
+        authority = candidate.partition(b"//")[2]
+        if authority == client_host.lower().encode("latin-1"):
+            # The URL already names the site the client asked for (an origin's host_header
+            # is often the site's own name): its scheme stays, so that a redirect to https
+            # is never turned back into http.
+            head = candidate[: len(candidate) - len(authority)]
         rest = url[end:]
         prefix = self._prefix
         if prefix:
@@ -179,7 +185,8 @@ class LocationRewriter:
             rest = mount.encode("latin-1") + (rest if rest[:1] == b"/" else b"/" + rest)
         elif rest[:1] != b"/":
             rest = b"/" + rest
-        return head + client_host.encode("latin-1") + rest
+        rewritten = head + client_host.encode("latin-1") + rest
+        return None if rewritten == url else rewritten
 
 
 def _connection_tokens(value: bytes) -> set[bytes]:
@@ -268,18 +275,23 @@ def response_headers(
     return out
 
 
-def request_target(scope: Mapping[str, Any]) -> str | None:
-    """The raw path and query as the client sent them; None if not origin-form."""
+def request_target(scope: Mapping[str, Any]) -> tuple[str, str | None] | None:
+    """The raw path and query as the client sent them, and the host of an absolute-form
+    target (`http://host/path`, which RFC 9112 section 3.2.2 says wins over Host); None if
+    the target is neither origin-form nor an http(s) URL."""
     raw_path: bytes | None = scope.get("raw_path")
     if raw_path is None:
         raw_path = quote(scope["path"]).encode()
+    authority = None
     if not raw_path.startswith(b"/"):
-        # Absolute form ("http://host/path"): the client never chooses the upstream.
+        # Absolute form: its host chooses the site; the upstream is still the pool's origin.
         scheme, sep, rest = raw_path.partition(b"://")
         if not sep or scheme.lower() not in (b"http", b"https"):
             return None
-        raw_path = b"/" + rest.partition(b"/")[2]
+        host, _, path = rest.partition(b"/")
+        authority = host.decode("latin-1") or None
+        raw_path = b"/" + path
     query: bytes = scope.get("query_string", b"")
     if query:
-        return raw_path.decode("latin-1") + "?" + query.decode("latin-1")
-    return raw_path.decode("latin-1")
+        return raw_path.decode("latin-1") + "?" + query.decode("latin-1"), authority
+    return raw_path.decode("latin-1"), authority

@@ -461,6 +461,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.scope["path"] = self.root_path + path
         self.scope["raw_path"] = self.root_path.encode("ascii") + raw_path
         self.scope["query_string"] = parsed_url.query or b""
+        if self.url[:1] != b"/" and parsed_url.host:
+            # Absolute form (`GET http://host/path`): RFC 9112 section 3.2.2 says the target's
+            # host replaces the Host header.
+            host = parsed_url.host + (b":%d" % parsed_url.port if parsed_url.port else b"")
+            self.headers[:] = [(n, host if n == b"host" else v) for n, v in self.headers]
 
         existing_cycle = self.cycle
         self.cycle = _Cycle(

@@ -93,10 +93,11 @@ class Proxy:
         await self.forward(scope, receive, send)
 
     async def forward(self, scope: Scope, receive: Receive, send: Send) -> None:
-        target = request_target(scope)
-        if target is None:
+        requested = request_target(scope)
+        if requested is None:
             await _plain(send, 400, "request target must be a path such as /index.html")
             return
+        target, authority = requested
         client = scope.get("client")
         headers, client_host, length, idempotency_key = request_headers(
             scope["headers"],
@@ -105,11 +106,14 @@ class Proxy:
             scope.get("http_version", "1.1"),
             self.via,
         )
+        if authority is not None:
+            client_host = authority  # RFC 9112 section 3.2.2
         match = self.router.match(client_host, target)
         if match is None:
             if self.metrics is not None:
                 self.metrics.request("-", "-", 404, 0.0)
-            await _plain(send, 404, f"no site is served here for host {client_host!r}")
+            named = f"host {client_host!r}" if client_host else "a request with no Host header"
+            await _plain(send, 404, f"no site is served here for {named}")
             return
         max_body = self.max_body
         if max_body is not None and length is not None and length > max_body:

@@ -391,11 +391,6 @@ async def two_sites(make_origin: Any, make_proxy: Any) -> RunningProxy:
     return proxy
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy.forward's 404 shows the missing Host as Python's None: "
-    "'no site is served here for host None'",
-)
 async def test_a_request_without_host_gets_a_404_that_says_so(two_sites: RunningProxy) -> None:
     async with connect(two_sites.port) as (reader, writer):
         writer.write(b"GET /echo HTTP/1.0\r\n\r\n")  # HTTP/1.0 needs no Host
@@ -405,11 +400,6 @@ async def test_a_request_without_host_gets_a_404_that_says_so(two_sites: Running
     assert b"no Host" in response.body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RFC 9112 section 3.2.2: with an absolute-form target the Host header is ignored; "
-    "proxy._target drops the target's authority and the router uses the Host header",
-)
 async def test_an_absolute_form_target_is_routed_by_its_own_host(two_sites: RunningProxy) -> None:
     response = await raw_request(
         two_sites, "GET", "http://a.example.com/echo", [("Host", "b.example.com")]
@@ -576,12 +566,6 @@ async def test_location_pointing_at_the_origin_comes_back_to_the_proxy(
     assert not any(target.startswith("/app") for target in redirecting.targets)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LocationRewriter counts the origin's host_header (www.example.com, the site's own "
-    "name) as the origin's address, so an https redirect to the site itself is rewritten to "
-    "the scheme the proxy saw (http): a downgrade, and a redirect loop for an https upgrade",
-)
 def test_an_https_redirect_to_the_site_itself_is_left_alone() -> None:
     # As config/failover.yaml has it: an https CDN that expects Host www.example.com, behind a
     # TLS terminator (the proxy itself listens on plain http).
@@ -841,11 +825,6 @@ def test_check_prints_the_pools_and_each_problem_on_one_line(tmp_path: Path) -> 
         assert result.stdout == "", name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="build_settings reports the route and cross-pool problems only once every pool "
-    "validates: a pool without origins hides a route to an unknown pool and a bad wildcard",
-)
 def test_check_names_every_pool_and_route_problem_in_one_round() -> None:
     data = yaml.safe_load(
         f"pools:\n{POOL_A}  b:\n    origins: []\n"

@@ -189,6 +189,10 @@ class LocationRewriter:
         return None if rewritten == url else rewritten
 
 
+# Response headers that `response_headers` looks at more closely.
+_RESPONSE_SPECIAL = HOP_BY_HOP | LOCATION_HEADERS | {b"via", b"content-length"}
+
+
 def _connection_tokens(value: bytes) -> set[bytes]:
     return {token.strip().lower() for token in value.split(b",") if token.strip()}
 
@@ -258,15 +262,19 @@ def response_headers(
     via = b""
     for name, value in raw:
         lower = name.lower()
-        if lower in HOP_BY_HOP:
+        if lower not in _RESPONSE_SPECIAL:  # most headers: one set look-up
+            out.append((lower, value))
+        elif lower in HOP_BY_HOP:
             if lower == b"connection":
                 named |= _connection_tokens(value)
         elif lower == b"via":
             via += value + b", "
-        elif lower in LOCATION_HEADERS and rewriter is not None:
-            rewritten = rewriter.rewrite(lower, value, client_scheme, client_host, mount)
+        elif lower in LOCATION_HEADERS:
+            rewritten = None
+            if rewriter is not None:
+                rewritten = rewriter.rewrite(lower, value, client_scheme, client_host, mount)
             out.append((lower, value if rewritten is None else rewritten))
-        elif lower != b"content-length" or status != 204:
+        elif status != 204:  # Content-Length: never on a 204 (RFC 9110 section 8.6)
             out.append((lower, value))
     named -= HOP_BY_HOP  # usually `Connection: keep-alive`: nothing more to drop
     if named:

@@ -1,18 +1,33 @@
-"""Unit tests of stale-if-error storage (StaleCache) and of the retry decisions (RetryPolicy,
-RetryBudget, RequestBody). No network: time is a number the tests pass in, and the client's
-body comes from a scripted `receive`.
+"""Stale-if-error (failover.stale).
+
+Unit tests of StaleCache: no network, time is a number the tests pass in.
+
+End to end: real FaultyOrigin origins behind the real proxy, on loopback, send the caching
+headers (`/cache/...?cc=&cookie=&vary=`); then every origin fails, and what the proxy answers
+shows what it kept. The copies are a shared cache (RFC 9111 section 3.5): a response meant
+for one client is never served stale to another.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, MutableMapping
-from typing import Any, cast
+from typing import Any
 
+import httpx
 import pytest
 
-from failover.config import RetryConfig, StaleConfig
-from failover.retry import ClientGone, RequestBody, RetryBudget, RetryPolicy
+from failover.config import StaleConfig
+from failover.faulty import FaultyOrigin
 from failover.stale import Key, StaleCache
+from tests.conftest import RunningProxy, origin_config, proxy_config, wait_for
+from tests.helpers import (
+    NO_PASSIVE,
+    FakeClock,
+    KiB,
+    MakeOrigin,
+    MakeProxy,
+    MiB,
+    two_origins_without_checks,
+)
 
 Headers = list[tuple[bytes, bytes]]
 T0 = 1000.0
@@ -284,152 +299,285 @@ def test_least_recently_used_copies_are_evicted_past_max_bytes() -> None:
     assert stale.size == 3000
 
 
-# -- RetryPolicy --------------------------------------------------------------------------
+# -- end to end: a shared cache never serves one client's response to another ------------
 
 
-def policy(**config: Any) -> RetryPolicy:
-    return RetryPolicy(RetryConfig(**config))
+ALICE = {"Authorization": "Bearer alice"}
 
 
-def test_statuses_and_conditions_come_from_retry_on() -> None:
-    rules = policy(on=["connect-failure", 503])
-    assert rules.retries_status(503)
-    assert not rules.retries_status(502)
-    assert rules.refusal(503, "GET", None, 1, False) is None
-    assert rules.refusal("connect-failure", "GET", None, 1, False) is None
-    assert rules.refusal(502, "GET", None, 1, False) == "status"
-    assert rules.refusal("reset", "GET", None, 1, False) == "condition"
-    assert rules.refusal("timeout", "GET", None, 1, False) == "condition"
+async def stale_proxy(
+    make_origin: MakeOrigin, make_proxy: MakeProxy
+) -> tuple[list[FaultyOrigin], RunningProxy]:
+    """Two origins behind a proxy with stale-if-error on; no checks, so every request tries both."""
+    origins = [await make_origin("primary"), await make_origin("secondary")]
+    config = proxy_config(
+        origin_config("primary", origins[0], 0),
+        origin_config("secondary", origins[1], 1),
+        health={"enabled": False},
+        passive={"enabled": False},
+        stale={"enabled": True},
+    )
+    return origins, await make_proxy(config)
 
 
-@pytest.mark.parametrize("failure", ["reset", "timeout", 502, 503, 504])
-def test_post_is_not_retried_once_the_request_went_out(failure: str | int) -> None:
-    rules = policy()
-    assert rules.refusal(failure, "POST", None, 1, False) == "method"
-    assert rules.refusal(failure, "PATCH", None, 1, False) == "method"
-    assert rules.refusal(failure, "PUT", None, 1, False) is None
+async def all_refuse(origins: list[FaultyOrigin]) -> None:
+    for origin in origins:
+        await origin.set_mode("refuse")
 
 
-def test_any_method_is_retried_when_nothing_was_sent() -> None:
-    assert policy().refusal("connect-failure", "POST", None, 1, False) is None
+def assert_not_served_stale(response: httpx.Response, what: str) -> None:
+    assert response.status_code == 502, f"{what}: {response.status_code} {response.text!r}"
+    assert "x-failover-stale" not in response.headers, what
+    assert response.headers["x-failover-attempts"] == (
+        "primary;connect-failure, secondary;connect-failure"
+    )
 
 
-def test_idempotency_key_makes_post_retryable_only_when_enabled() -> None:
-    assert policy().refusal(503, "POST", None, 1, True) == "method"
-    assert policy(idempotency_key=True).refusal(503, "POST", None, 1, True) is None
-    assert policy(idempotency_key=True).refusal(503, "POST", None, 1, False) == "method"
+def assert_served_stale(response: httpx.Response, fresh: httpx.Response) -> None:
+    assert response.status_code == 200, response.text
+    assert response.headers["x-failover-stale"] == "1"
+    assert response.content == fresh.content
 
 
-def test_attempts_limit_retries() -> None:
-    rules = policy(attempts=3)
-    assert rules.refusal(503, "GET", None, 2, False) is None
-    assert rules.refusal(503, "GET", None, 3, False) == "attempts"
-    assert policy(attempts=1).refusal("connect-failure", "GET", None, 1, False) == "attempts"
+async def test_a_response_to_a_request_with_authorization_is_not_served_to_others(
+    make_origin: MakeOrigin, make_proxy: MakeProxy
+) -> None:
+    origins, proxy = await stale_proxy(make_origin, make_proxy)
+    private = await proxy.client.get("/cache/account?cc=max-age=60", headers=ALICE)
+    assert private.status_code == 200
+    assert private.headers["cache-control"] == "max-age=60"
+    assert origins[0].stats.last_request is not None
+    assert ("authorization", "Bearer alice") in origins[0].stats.last_request.headers
+    control = await proxy.client.get("/cache/home?cc=max-age=60")
+    assert control.status_code == 200
+    await all_refuse(origins)
+
+    assert_not_served_stale(await proxy.client.get("/cache/account?cc=max-age=60"), "anonymous")
+    assert_not_served_stale(
+        await proxy.client.get("/cache/account?cc=max-age=60", headers=ALICE), "alice again"
+    )
+    # The same proxy does serve a copy it was allowed to keep.
+    assert_served_stale(await proxy.client.get("/cache/home?cc=max-age=60"), control)
 
 
-# -- RetryBudget --------------------------------------------------------------------------
+async def test_a_response_to_a_request_with_authorization_marked_public_is_served(
+    make_origin: MakeOrigin, make_proxy: MakeProxy
+) -> None:
+    origins, proxy = await stale_proxy(make_origin, make_proxy)
+    fresh = await proxy.client.get("/cache/logo?cc=public", headers=ALICE)
+    assert fresh.status_code == 200
+    assert fresh.headers["cache-control"] == "public"
+    await all_refuse(origins)
+
+    response = await proxy.client.get("/cache/logo?cc=public")
+    assert_served_stale(response, fresh)
+    assert response.headers["cache-control"] == "public"
 
 
-def test_budget_allows_the_floor_then_the_ratio_of_active_requests() -> None:
-    budget = RetryBudget(0.2, 3)
-    budget.active = 5
-    for _ in range(3):  # 20% of 5 is 1, but the floor is 3
-        assert budget.allows()
-        budget.retries += 1
-    assert not budget.allows()
-    budget.active = 20  # 20% of 20 = 4
-    assert budget.allows()
-    budget.retries += 1
-    assert not budget.allows()
-    budget.retries -= 2
-    assert budget.allows()
+async def test_a_response_that_sets_a_cookie_is_not_served_stale(
+    make_origin: MakeOrigin, make_proxy: MakeProxy
+) -> None:
+    origins, proxy = await stale_proxy(make_origin, make_proxy)
+    target = "/cache/login?cc=public,max-age=60&cookie=session%3Dalice"
+    fresh = await proxy.client.get(target)
+    assert fresh.status_code == 200
+    assert fresh.headers["set-cookie"] == "session=alice"
+    await all_refuse(origins)
+
+    response = await proxy.client.get(target)
+    assert_not_served_stale(response, "set-cookie")
+    assert "set-cookie" not in response.headers
 
 
-def test_zero_budget_and_floor_allow_no_retry() -> None:
-    budget = RetryBudget(0.0, 0)
-    budget.active = 100
-    assert not budget.allows()
+async def test_responses_a_shared_cache_may_not_keep_are_not_served_stale(
+    make_origin: MakeOrigin, make_proxy: MakeProxy
+) -> None:
+    origins, proxy = await stale_proxy(make_origin, make_proxy)
+    never = [
+        "/cache/a?cc=no-store",
+        "/cache/b?cc=private,max-age=60",
+        "/cache/c?cc=no-cache",
+        "/cache/d?cc=max-age=60&vary=*",
+        "/cache/e?cc=must-revalidate",
+    ]
+    for target in never:
+        fresh = await proxy.client.get(target)
+        assert fresh.status_code == 200, target
+    assert (await proxy.client.get("/cache/d?cc=max-age=60&vary=*")).headers["vary"] == "*"
+    control = await proxy.client.get("/cache/f?cc=max-age=60")
+    await all_refuse(origins)
+
+    for target in never:
+        assert_not_served_stale(await proxy.client.get(target), target)
+    assert_served_stale(await proxy.client.get("/cache/f?cc=max-age=60"), control)
 
 
-# -- RequestBody --------------------------------------------------------------------------
+async def test_a_copy_is_not_served_across_hosts_that_join_to_the_same_text(
+    make_origin: MakeOrigin, make_proxy: MakeProxy
+) -> None:
+    origins, proxy = await stale_proxy(make_origin, make_proxy)
+    fresh = await proxy.client.get("/cache/x/y", headers={"Host": "example.com"})
+    assert fresh.status_code == 200
+    assert fresh.text == "primary:/cache/x/y"
+    await all_refuse(origins)
+
+    # Host "example.com/cache" + "/x/y" reads "example.com/cache/x/y" too: another resource.
+    collision = await proxy.client.get("/x/y", headers={"Host": "example.com/cache"})
+    assert_not_served_stale(collision, "host example.com/cache")
+    other_host = await proxy.client.get("/cache/x/y", headers={"Host": "example.org"})
+    assert_not_served_stale(other_host, "host example.org")
+    # The Host is compared without regard to case.
+    same = await proxy.client.get("/cache/x/y", headers={"Host": "EXAMPLE.com"})
+    assert_served_stale(same, fresh)
 
 
-class ScriptedClient:
-    """An ASGI `receive` that hands out the given chunks, then (if asked) a disconnect."""
+async def test_a_vary_variant_is_served_only_to_its_own_language(
+    make_origin: MakeOrigin, make_proxy: MakeProxy
+) -> None:
+    origins, proxy = await stale_proxy(make_origin, make_proxy)
+    target = "/cache/greeting?cc=max-age=60&vary=Accept-Language"
+    english = await proxy.client.get(target, headers={"Accept-Language": "en"})
+    assert english.status_code == 200
+    assert english.headers["vary"] == "Accept-Language"
+    assert english.text == "primary:/cache/greeting accept-language=en"
+    await all_refuse(origins)
 
-    def __init__(self, chunks: list[bytes], disconnect: bool = False) -> None:
-        self.messages: list[MutableMapping[str, Any]] = [
-            {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1}
-            for i, chunk in enumerate(chunks)
-        ]
-        if disconnect:
-            self.messages[-1]["more_body"] = True
-            self.messages.append({"type": "http.disconnect"})
-        self.received = 0
-
-    async def __call__(self) -> MutableMapping[str, Any]:
-        message = self.messages[self.received]
-        self.received += 1
-        return message
-
-
-async def collect(body: RequestBody, limit: int | None = None) -> list[bytes]:
-    """Read the body as an upstream attempt would; stop after `limit` chunks if given."""
-    out: list[bytes] = []
-    chunks = cast(AsyncGenerator[bytes, None], body.chunks())
-    try:
-        async for chunk in chunks:
-            out.append(chunk)
-            if limit is not None and len(out) == limit:
-                break
-    finally:
-        await chunks.aclose()
-    return out
+    french = await proxy.client.get(target, headers={"Accept-Language": "fr"})
+    assert_not_served_stale(french, "accept-language fr")
+    assert_not_served_stale(await proxy.client.get(target), "no accept-language")
+    again = await proxy.client.get(target, headers={"Accept-Language": "en"})
+    assert_served_stale(again, english)
+    assert again.headers["vary"] == "Accept-Language"
 
 
-CHUNKS = [b"a" * 100, b"b" * 100, b"c" * 100, b"d" * 100]
+# -- end to end: when every origin fails, the copy is served ------------------------------
 
 
-async def test_small_body_is_replayed_identically() -> None:
-    client = ScriptedClient(CHUNKS)
-    body = RequestBody(client, limit=400)
-    completed: list[bool] = []
-    body.on_complete = lambda: completed.append(True)
-    assert await collect(body) == CHUNKS
-    assert body.complete and body.size == 400 and body.can_replay
-    assert completed == [True]
-    assert await collect(body) == CHUNKS  # from memory: the client is not read again
-    assert client.received == len(CHUNKS)
+async def both_down(*origins: FaultyOrigin) -> None:
+    for origin in origins:
+        await origin.set_mode("refuse")
 
 
-async def test_partly_sent_body_is_replayed_from_its_first_byte() -> None:
-    client = ScriptedClient(CHUNKS)
-    body = RequestBody(client, limit=1000)
-    assert await collect(body, limit=2) == CHUNKS[:2]  # the first attempt broke off
-    assert not body.complete
-    assert await collect(body) == CHUNKS
-    assert client.received == len(CHUNKS)
+async def test_stale_copy_is_served_when_every_origin_fails(
+    make_origin: MakeOrigin, make_proxy: MakeProxy
+) -> None:
+    primary, secondary, proxy = await two_origins_without_checks(
+        make_origin, make_proxy, stale={"enabled": True}
+    )
+    fresh = await proxy.client.get("/cache/x?cc=max-age=60")
+    assert fresh.status_code == 200
+    assert fresh.text == "primary:/cache/x"
+    assert "x-failover-stale" not in fresh.headers
+    await both_down(primary, secondary)
+
+    response = await proxy.client.get("/cache/x?cc=max-age=60")
+    assert response.status_code == 200
+    assert response.content == fresh.content
+    assert response.headers["x-failover-stale"] == "1"
+    assert int(response.headers["age"]) >= 0
+    assert response.headers["cache-control"] == "max-age=60"
+    assert response.headers["x-failover-origin"] == "primary"
+    assert (
+        response.headers["x-failover-attempts"]
+        == "primary;connect-failure, secondary;connect-failure"
+    )
+    # Another URL was never stored: the failure shows.
+    missing = await proxy.client.get("/cache/other?cc=max-age=60")
+    assert missing.status_code == 502
+    assert "x-failover-stale" not in missing.headers
 
 
-async def test_body_over_the_limit_cannot_be_replayed() -> None:
-    body = RequestBody(ScriptedClient(CHUNKS), limit=399)
-    assert await collect(body) == CHUNKS  # streams through whole all the same
-    assert not body.replayable and not body.can_replay
-    with pytest.raises(RuntimeError):
-        await collect(body)
+async def test_no_store_and_private_are_never_served_stale(
+    make_origin: MakeOrigin, make_proxy: MakeProxy
+) -> None:
+    primary, secondary, proxy = await two_origins_without_checks(
+        make_origin, make_proxy, stale={"enabled": True}
+    )
+    targets = ["/cache/y?cc=no-store", "/cache/z?cc=private", "/cache/w?cc=max-age=60"]
+    for target in targets:
+        assert (await proxy.client.get(target)).status_code == 200
+    await both_down(primary, secondary)
+    for target in targets[:2]:
+        response = await proxy.client.get(target)
+        assert response.status_code == 502, target
+        assert "x-failover-stale" not in response.headers
+    # The control: a cacheable response of the same kind is served stale.
+    assert (await proxy.client.get(targets[2])).headers["x-failover-stale"] == "1"
 
 
-async def test_body_over_the_limit_is_replayable_while_nothing_was_read() -> None:
-    body = RequestBody(ScriptedClient(CHUNKS), limit=0)
-    assert body.can_replay  # a connect failure sent nothing: a retry may still send it all
-    assert await collect(body) == CHUNKS
-    assert not body.can_replay
+async def test_stale_copy_expires_after_max_age(
+    make_origin: MakeOrigin, make_proxy: MakeProxy
+) -> None:
+    clock = FakeClock()
+    primary, secondary, proxy = await two_origins_without_checks(
+        make_origin,
+        make_proxy,
+        stale={"enabled": True, "max_age": 10},
+        proxy_kw={"clock": clock},
+    )
+    assert (await proxy.client.get("/cache/x?cc=max-age=60")).status_code == 200
+    await both_down(primary, secondary)
+    clock.advance(5)
+    response = await proxy.client.get("/cache/x?cc=max-age=60")
+    assert response.status_code == 200
+    assert response.headers["x-failover-stale"] == "1"
+    assert response.headers["age"] == "5"
+    clock.advance(6)
+    response = await proxy.client.get("/cache/x?cc=max-age=60")
+    assert response.status_code == 502
+    assert "x-failover-stale" not in response.headers
 
 
-async def test_client_going_away_mid_body_raises_client_gone() -> None:
-    body = RequestBody(ScriptedClient(CHUNKS[:2], disconnect=True), limit=1000)
-    out: list[bytes] = []
-    with pytest.raises(ClientGone):
-        async for chunk in body.chunks():
-            out.append(chunk)
-    assert out == CHUNKS[:2]
+async def test_all_down_stale_answers_from_the_cache_without_an_attempt(
+    make_origin: MakeOrigin, make_proxy: MakeProxy
+) -> None:
+    primary = await make_origin("primary")
+    secondary = await make_origin("secondary")
+    config = proxy_config(
+        origin_config("primary", primary, 0),
+        origin_config("secondary", secondary, 1),
+        passive=NO_PASSIVE,
+        stale={"enabled": True},
+        all_down="stale",
+    )
+    proxy = await make_proxy(config)
+    fresh = await proxy.client.get("/cache/x?cc=max-age=60")
+    assert fresh.status_code == 200
+    await both_down(primary, secondary)
+
+    async def unready() -> bool:
+        return (await proxy.client.get("/_failover/readyz")).status_code == 503
+
+    await wait_for(unready, timeout=5)
+    response = await proxy.client.get("/cache/x?cc=max-age=60")
+    assert response.status_code == 200
+    assert response.content == fresh.content
+    assert response.headers["x-failover-stale"] == "1"
+    assert response.headers.get("x-failover-attempts", "") == ""
+    # Nothing stored: with every origin down the proxy still tries them all.
+    missing = await proxy.client.get("/cache/other")
+    assert missing.status_code == 502
+    assert (
+        missing.headers["x-failover-attempts"]
+        == "primary;connect-failure, secondary;connect-failure"
+    )
+
+
+async def test_response_over_max_object_bytes_is_not_stored(
+    make_origin: MakeOrigin, make_proxy: MakeProxy
+) -> None:
+    primary, secondary, proxy = await two_origins_without_checks(
+        make_origin, make_proxy, stale={"enabled": True, "max_object_bytes": 64 * KiB}
+    )
+    large = await proxy.client.get("/bytes/1048576")
+    assert large.status_code == 200
+    assert len(large.content) == MiB
+    assert large.content == bytes(i % 251 for i in range(MiB))
+    small = await proxy.client.get("/bytes/1000")
+    assert small.status_code == 200
+    await both_down(primary, secondary)
+    assert (await proxy.client.get("/bytes/1048576")).status_code == 502
+    stale = await proxy.client.get("/bytes/1000")
+    assert stale.status_code == 200
+    assert stale.headers["x-failover-stale"] == "1"
+    assert stale.content == small.content

@@ -94,8 +94,8 @@ def two_origins_config(
 
 
 def origin_record(proxy: RunningProxy, name: str) -> dict[str, Any]:
-    status: dict[str, Any] = pool_status(proxy.app.runtime.pools["default"])
-    for origin in status["origins"]:
+    origins: list[dict[str, Any]] = pool_status(proxy.app.runtime.pools["default"])["origins"]
+    for origin in origins:
         if origin["name"] == name:
             return origin
     raise AssertionError(f"no origin {name!r} in status")

@@ -22,9 +22,9 @@ import yaml
 from uvicorn.server import ServerState
 
 from failover.config import LimitsConfig
-from failover.engine import Flag
 from failover.faulty import FaultyOrigin
 from failover.listener import HttpProtocolFactory, connection_limit, prepare_open_files
+from failover.origins import Flag
 from tests.conftest import RunningProxy, free_port, origin_config, proxy_config, wait_for
 from tests.helpers import serving_config, started
 

@@ -534,10 +534,10 @@ async def test_a_client_that_stalls_its_body_holds_no_upstream_connection(
             assert response.status_code == 200
         assert origin.stats.requests == 5  # the stalled POSTs never reached the origin
         for reader, _ in stalled:
-            response = await asyncio.wait_for(read_response(reader), 5)
-            assert response.status == 408
-            assert b"limits.body_timeout" in response.body
-            assert response.get("connection") == "close"
+            refusal = await asyncio.wait_for(read_response(reader), 5)
+            assert refusal.status == 408
+            assert b"limits.body_timeout" in refusal.body
+            assert refusal.get("connection") == "close"
     finally:
         for _, writer in stalled:
             writer.close()

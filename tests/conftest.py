@@ -1,8 +1,10 @@
-"""Shared fixtures: real origins and the real proxy on free loopback ports."""
+"""Shared fixtures: real origins and the real proxy on free loopback ports, and raw-socket
+origins that decide every byte they send."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -126,3 +128,67 @@ async def make_proxy() -> AsyncIterator[Callable[..., Awaitable[RunningProxy]]]:
     yield make
     for proxy in running:
         await proxy.stop()
+
+
+# -- raw-socket origins, for origins that misbehave at the byte level ------------------------
+
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "RawOrigin"], Awaitable[None]]
+
+
+@dataclass
+class RawOrigin:
+    """An origin that runs `script` on each connection: it decides every byte."""
+
+    script: Script
+    port: int = 0
+    connections: int = 0
+    open: int = 0
+    requests: list[bytes] = field(default_factory=list)
+    server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open += 1
+        try:
+            await self.script(reader, writer, self)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.open -= 1
+            writer.close()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 2)
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bytes:
+        """One request head (the body is read by the script if it wants it)."""
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.requests.append(head)
+        return head
+
+
+@pytest.fixture
+async def raw_origin() -> AsyncIterator[Callable[[Script], Awaitable[RawOrigin]]]:
+    started: list[RawOrigin] = []
+
+    async def make(script: Script) -> RawOrigin:
+        origin = RawOrigin(script)
+        await origin.start()
+        started.append(origin)
+        return origin
+
+    yield make
+    for origin in started:
+        await origin.stop()

@@ -1,12 +1,14 @@
-"""The dashboard in a real browser: it shows each pool's origins and follows a failover as it
-happens.
+"""The dashboard (failover.dashboard): sent with a strict Content-Security-Policy, and in a real
+browser it shows each pool's origins and follows a failover as it happens.
 
-Needs playwright (Python) and a Chromium at /usr/bin/chromium. Without them the test is
-skipped, unless FAILOVER_REQUIRE_BROWSER=1 asks for it to fail instead.
+The browser test needs playwright (Python) and a Chromium at /usr/bin/chromium. Without them
+it is skipped, unless FAILOVER_REQUIRE_BROWSER=1 asks for it to fail instead.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -14,7 +16,8 @@ from typing import Any, NoReturn
 
 import pytest
 
-from tests.conftest import origin_config, proxy_config
+from tests.conftest import RunningProxy, origin_config, proxy_config
+from tests.helpers import PREFIX, two_origins_config
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -168,3 +171,30 @@ async def test_the_dashboard_follows_a_failover_in_one_pool_of_two(
             await page.screenshot(path=str(ARTIFACTS / "dashboard-pool-down.png"), full_page=True)
         finally:
             await browser.close()
+
+
+async def test_the_dashboard_is_sent_with_a_strict_content_security_policy(
+    make_origin: Any, make_proxy: Any
+) -> None:
+    primary = await make_origin("primary")
+    secondary = await make_origin("secondary")
+    proxy: RunningProxy = await make_proxy(two_origins_config(primary, secondary))
+    response = await proxy.client.get(f"{PREFIX}/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    policy = dict(
+        part.strip().partition(" ")[::2]
+        for part in response.headers["content-security-policy"].split(";")
+    )
+    assert policy["default-src"] == "'none'"
+    assert policy["connect-src"] == "'self'"
+    assert policy["frame-ancestors"] == "'none'"
+    assert "unsafe" not in response.headers["content-security-policy"]
+    # Exactly the page's own inline script and style are allowed, by their hashes.
+    for tag in ("script", "style"):
+        inline = re.findall(rf"<{tag}>(.*?)</{tag}>", response.text, re.DOTALL)
+        assert len(inline) == 1, tag
+        digest = base64.b64encode(hashlib.sha256(inline[0].encode()).digest()).decode()
+        assert policy[f"{tag}-src"] == f"'sha256-{digest}'"

@@ -1,6 +1,11 @@
 """The native upstream client (failover.h1) against real origins on loopback: when a connection
 is reused and when it must not be, framing both ways, the pool's limit and idle expiry, and how
-failures surface (and map to the proxy's error kinds)."""
+failures surface (and map to the proxy's error kinds).
+
+Behind the real proxy too, raw-socket origins that misbehave at the byte level: an upload
+nobody reads, a keep-alive connection closed while idle, statuses outside 100-599, interim
+responses and oversized response heads.
+"""
 
 from __future__ import annotations
 
@@ -18,23 +23,32 @@ import pytest
 import uvloop
 
 from failover import h1
-from failover.config import ConfigError, build_settings
 from failover.faulty import FaultyOrigin
-from failover.origins import Origin, build_origins
-from failover.upstream import Upstream, UpstreamError, map_error
-from tests.conftest import free_port, origin_config, proxy_config, wait_for
+from failover.upstream import map_error
+from tests.conftest import (
+    RawOrigin,
+    RunningProxy,
+    Script,
+    free_port,
+    origin_config,
+    proxy_config,
+    wait_for,
+)
+from tests.helpers import (
+    NO_HEALTH,
+    MakeOrigin,
+    MakeProxy,
+    answer,
+    connect,
+    expected_bytes,
+    origin_record,
+    read_response,
+    request_head,
+)
 
-MakeOrigin = Callable[..., Awaitable[FaultyOrigin]]
 MakePool = Callable[..., h1.Pool]
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
-
-def expected_bytes(start: int, stop: int) -> bytes:
-    """FaultyOrigin's byte pattern (byte i is i % 251) from start up to stop."""
-    period = bytes(range(251))
-    offset = start % 251
-    return (period * ((stop - start) // 251 + 2))[offset : offset + stop - start]
 
 
 @pytest.fixture
@@ -262,8 +276,8 @@ async def test_a_body_without_length_goes_chunked_and_one_with_length_as_is(
     _, chunked = await fetch(pool, "/upload", "POST", body=body())
     length = [("Content-Length", str(len(whole)))]
     _, sized = await fetch(pool, "/upload", "POST", headers=length, body=body())
-    for answer, framing in ((chunked, ["Transfer-Encoding", "chunked"]), (sized, length[0])):
-        echo = json.loads(answer)
+    for echoed, framing in ((chunked, ["Transfer-Encoding", "chunked"]), (sized, length[0])):
+        echo = json.loads(echoed)
         assert echo["body_length"] == len(whole)
         assert echo["body_sha256"] == hashlib.sha256(whole).hexdigest()
         assert list(framing) in echo["headers"]
@@ -577,58 +591,6 @@ async def test_https_origins_get_tls_with_sni_and_a_verified_certificate(
     assert origin.requests == 2
 
 
-# -- the switch in Upstream -----------------------------------------------------------------
-
-
-async def test_upstream_uses_the_native_client_when_configured(
-    make_origin: MakeOrigin, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("FAILOVER_PROXY__CLIENT", raising=False)
-    origin = await make_origin("primary")
-    refusing = f"http://127.0.0.1:{free_port()}"
-    settings = build_settings(
-        proxy_config(
-            origin_config("primary", origin, 0),
-            origin_config("gone", refusing, 1),
-            proxy={"client": "native"},
-        )
-    )
-    upstream = Upstream(settings.proxy.max_connections_per_origin)
-    primary, gone = build_origins(settings.pools["default"])
-    try:
-        for each in (primary, gone):
-            upstream.add(each)
-            assert isinstance(each.pool, h1.Pool)
-        assert (await upstream.probe(primary)).ok
-        assert (await upstream.probe(gone)).detail == "connection refused"
-        response = await open_get(upstream, primary, "/bytes/7")
-        try:
-            assert response.status == 200
-            assert await response.content.readany() == expected_bytes(0, 7)
-            assert response.content.is_eof()
-        finally:
-            response.release()
-        with pytest.raises(UpstreamError) as caught:
-            await open_get(upstream, gone, "/")
-        assert (caught.value.kind, caught.value.detail) == ("connect-failure", "connection refused")
-    finally:
-        await upstream.close()
-
-
-def test_only_the_native_client_is_accepted() -> None:
-    with pytest.raises(ConfigError) as caught:
-        build_settings(
-            proxy_config(
-                origin_config("primary", "http://127.0.0.1:1", 0), proxy={"client": "aiohttp"}
-            )
-        )
-    assert caught.value.problems == ["proxy.client: Input should be 'native', got 'aiohttp'"]
-
-
-async def open_get(upstream: Upstream, origin: Origin, target: str) -> Any:
-    return await upstream.open(origin, "GET", target, [("Host", origin.host_header)], None, 2.0)
-
-
 # -- uvloop, as `failover run` uses it ------------------------------------------------------
 
 
@@ -648,3 +610,142 @@ def test_the_pool_works_on_uvloop() -> None:
         bodies, connections = runner.run(scenario())
     assert bodies == [expected_bytes(0, n) for n in (10, 100_000, 5)]
     assert connections == 1
+
+
+# -- behind the proxy: origins that misbehave at the byte level ----------------------------
+
+
+async def get(proxy: RunningProxy, target: str = "/", method: str = "GET") -> Any:
+    async with connect(proxy.port) as (reader, writer):
+        writer.write(request_head(method, target, [("Host", "site.example")]))
+        await writer.drain()
+        return await asyncio.wait_for(read_response(reader, method), 10)
+
+
+# -- an origin that stops reading an upload ----------------------------------------------------
+
+
+async def test_an_origin_that_stops_reading_an_upload_times_out_on_send(
+    raw_origin: Callable[[Script], Awaitable[RawOrigin]], make_proxy: MakeProxy
+) -> None:
+    async def never_reads(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, origin: RawOrigin
+    ) -> None:
+        await origin.read_request(reader)
+        await asyncio.sleep(30)  # reads nothing more: the socket buffers fill up
+
+    origin = await raw_origin(never_reads)
+    proxy = await make_proxy(
+        proxy_config(
+            origin_config("primary", origin.url, 0, health=NO_HEALTH),
+            timeouts={"send": 0.5, "first_byte": 30},
+            retry={"max_buffered_body": 1024},
+        )
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response = await proxy.client.put("/upload", content=b"u" * (32 * 1024 * 1024))
+    elapsed = loop.time() - started
+    assert response.status_code == 504
+    assert "took no request bytes for 0.5 s" in response.text
+    assert response.headers["x-failover-attempts"] == "primary;timeout"
+    assert elapsed < 10
+
+
+# -- a pooled connection the origin closed while idle -----------------------------------------
+
+
+async def test_a_request_with_a_body_is_resent_when_the_pooled_connection_was_closed(
+    raw_origin: Callable[[Script], Awaitable[RawOrigin]],
+    make_origin: MakeOrigin,
+    make_proxy: MakeProxy,
+) -> None:
+    async def one_per_connection(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, origin: RawOrigin
+    ) -> None:
+        # Answers with keep-alive, then closes the idle connection after 0.1 s, as origins
+        # with a short keep-alive timeout do.
+        head = await origin.read_request(reader)
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+
+    primary = await raw_origin(one_per_connection)
+    secondary = await make_origin("secondary")
+    proxy = await make_proxy(
+        proxy_config(
+            origin_config("primary", primary.url, 0, health=NO_HEALTH),
+            origin_config("secondary", secondary, 1, health=NO_HEALTH),
+        )
+    )
+    for method in ("GET", "PUT", "POST"):
+        response = await proxy.client.request(method, "/x", content=b"b" * 100)
+        assert response.status_code == 200, method
+        assert response.headers["x-failover-origin"] == "primary"
+        await wait_for(lambda: primary.open == 0, timeout=2)  # the origin closed it
+    assert primary.connections == 3
+    assert secondary.stats.requests == 0
+    record = origin_record(proxy, "primary")
+    assert record["state"] == "healthy"
+    metrics = (await proxy.client.get("/_failover/metrics")).text
+    assert (
+        'failover_upstream_attempts_total{origin="primary",pool="default",result="reset"}'
+        not in metrics
+    )
+
+
+# -- responses that cannot hurt clients -----------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [b"999 Odd", b"600 Beyond", b"000 Zero", b"099 Low"])
+async def test_a_status_outside_100_599_is_502_invalid_status_at_once(
+    raw_origin: Callable[[Script], Awaitable[RawOrigin]], make_proxy: MakeProxy, status: bytes
+) -> None:
+    origin = await raw_origin(answer(b"HTTP/1.1 " + status, b"Content-Length: 0\r\n"))
+    proxy = await make_proxy(
+        proxy_config(
+            origin_config("primary", origin.url, 0, health=NO_HEALTH),
+            timeouts={"first_byte": 5},
+        )
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response = await get(proxy)
+    assert response.status == 502
+    assert f"invalid status {status[:3].decode()}".encode() in response.body
+    assert loop.time() - started < 2  # not a wait for first_byte
+    assert origin_record(proxy, "primary")["passive"]["consecutive_failures"] == 1
+
+
+async def test_interim_responses_are_skipped_and_the_final_one_relayed(
+    raw_origin: Callable[[Script], Awaitable[RawOrigin]], make_proxy: MakeProxy
+) -> None:
+    interim = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n"
+    origin = await raw_origin(
+        answer(interim + b"HTTP/1.1 200 OK", b"Content-Length: 5\r\n", b"final")
+    )
+    proxy = await make_proxy(
+        proxy_config(origin_config("primary", origin.url, 0, health=NO_HEALTH))
+    )
+    response = await get(proxy)
+    assert (response.status, response.body) == (200, b"final")
+    assert response.get("link") is None
+
+
+@pytest.mark.parametrize("size", [70 * 1024, 200 * 1024])
+async def test_an_oversized_response_head_is_refused_however_it_arrives(
+    raw_origin: Callable[[Script], Awaitable[RawOrigin]], make_proxy: MakeProxy, size: int
+) -> None:
+    big = b"X-Big: " + b"a" * size + b"\r\n"
+    origin = await raw_origin(answer(b"HTTP/1.1 200 OK", big + b"Content-Length: 2\r\n", b"ok"))
+    proxy = await make_proxy(
+        proxy_config(origin_config("primary", origin.url, 0, health=NO_HEALTH))
+    )
+    response = await get(proxy)
+    assert response.status == 502
+    assert b"response headers longer than 65536 bytes" in response.body

@@ -22,11 +22,11 @@ import yaml
 from uvicorn.server import ServerState
 
 from failover.config import LimitsConfig
-from failover.engine import Flag
 from failover.faulty import FaultyOrigin
 from failover.listener import HttpProtocolFactory, connection_limit, prepare_open_files
+from failover.origins import Flag
 from tests.conftest import RunningProxy, free_port, origin_config, proxy_config, wait_for
-from tests.test_cli import serving_config, started
+from tests.helpers import serving_config, started
 
 MakeOrigin = Callable[..., Awaitable[FaultyOrigin]]
 MakeProxy = Callable[..., Awaitable[RunningProxy]]

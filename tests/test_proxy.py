@@ -1,7 +1,10 @@
-"""End-to-end tests of the data path: real FaultyOrigin origins behind the real proxy.
+"""End-to-end tests of the data path (failover.proxy): real FaultyOrigin origins behind the
+real proxy.
 
 Some tests talk to the proxy over a raw socket, so that no client library normalises the
 request target, adds headers of its own or hides interim responses and compressed bodies.
+Also what clients cannot do to the proxy or to the origins' records (a stalled or oversized
+body, a client that leaves), and the access log.
 """
 
 from __future__ import annotations
@@ -11,20 +14,33 @@ import contextlib
 import gzip
 import hashlib
 import json
+import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 
 from failover import h1
-from failover.faulty import FaultyOrigin
-from tests.conftest import RunningProxy, origin_config, proxy_config, wait_for
-
-MakeOrigin = Callable[..., Awaitable[FaultyOrigin]]
-MakeProxy = Callable[..., Awaitable[RunningProxy]]
+from tests.conftest import RawOrigin, RunningProxy, Script, origin_config, proxy_config, wait_for
+from tests.helpers import (
+    PREFIX,
+    MakeOrigin,
+    MakeProxy,
+    RawResponse,
+    answer,
+    connect,
+    one_origin,
+    origin_header,
+    origin_record,
+    read_head,
+    read_response,
+    request_head,
+    two_origins,
+    two_origins_config,
+)
 
 MiB = 1024 * 1024
 NO_HEALTH = {"enabled": False}
@@ -37,66 +53,6 @@ def expected_bytes(start: int, stop: int) -> bytes:
     period = bytes(range(251))
     offset = start % 251
     return (period * ((stop - start) // 251 + 2))[offset : offset + stop - start]
-
-
-@dataclass
-class RawResponse:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-
-    def get_list(self, name: str) -> list[str]:
-        return [value for key, value in self.headers if key.lower() == name.lower()]
-
-    def get(self, name: str) -> str | None:
-        values = self.get_list(name)
-        return values[0] if values else None
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def request_head(method: str, target: str, headers: list[tuple[str, str]]) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1", *(f"{name}: {value}" for name, value in headers)]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-async def read_head(reader: asyncio.StreamReader) -> tuple[int, list[tuple[str, str]]]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")[:-2]
-    headers = [(name, value.strip()) for name, _, value in (line.partition(":") for line in lines)]
-    return int(status_line.split(" ")[1]), headers
-
-
-async def read_response(reader: asyncio.StreamReader, method: str = "GET") -> RawResponse:
-    status, headers = await read_head(reader)
-    response = RawResponse(status, headers, b"")
-    length = response.get("content-length")
-    if method == "HEAD" or status in (204, 304):
-        return response
-    if length is not None:
-        response.body = await reader.readexactly(int(length))
-    elif (response.get("transfer-encoding") or "").lower() == "chunked":
-        parts = []
-        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
-            parts.append(await reader.readexactly(size))
-            await reader.readexactly(2)
-        await reader.readuntil(b"\r\n")  # no trailers
-        response.body = b"".join(parts)
-    else:
-        response.body = await reader.read()
-    return response
-
-
-@contextlib.asynccontextmanager
-async def connect(port: int) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        yield reader, writer
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
 
 
 async def raw_request(
@@ -126,30 +82,6 @@ def seen_headers(echo: dict[str, Any], name: str) -> list[str]:
 
 def seen_names(echo: dict[str, Any]) -> set[str]:
     return {key.lower() for key, _ in echo["headers"]}
-
-
-async def one_origin(
-    make_origin: MakeOrigin, make_proxy: MakeProxy, mode: str = "ok", **overrides: Any
-) -> tuple[FaultyOrigin, RunningProxy]:
-    origin = await make_origin("primary", mode=mode)
-    extra = overrides.pop("origin", {})
-    proxy = await make_proxy(
-        proxy_config(origin_config("primary", origin, 0, **extra), **overrides)
-    )
-    return origin, proxy
-
-
-async def two_origins(
-    make_origin: MakeOrigin, make_proxy: MakeProxy, primary_mode: str = "ok", **overrides: Any
-) -> tuple[FaultyOrigin, FaultyOrigin, RunningProxy]:
-    primary = await make_origin("primary", mode=primary_mode)
-    secondary = await make_origin("secondary")
-    config = proxy_config(
-        origin_config("primary", primary, 0),
-        origin_config("secondary", secondary, 1),
-        **overrides,
-    )
-    return primary, secondary, await make_proxy(config)
 
 
 # -- bodies -------------------------------------------------------------------------------
@@ -575,82 +507,203 @@ async def test_absolute_form_target_reaches_configured_origin(
     assert seen_headers(echo, "host") == [f"127.0.0.1:{origin.port}"]
 
 
-# -- admin endpoints ----------------------------------------------------------------------
+# -- the client's body is read before an origin is involved ---------------------------------
 
 
-async def test_healthz(make_origin: MakeOrigin, make_proxy: MakeProxy) -> None:
-    origin, proxy = await one_origin(make_origin, make_proxy)
-    response = await proxy.client.get("/_failover/healthz")
-    assert response.status_code == 200
-    assert origin.stats.requests == 0
-
-
-async def test_readyz_follows_the_origins(make_origin: MakeOrigin, make_proxy: MakeProxy) -> None:
-    origin, proxy = await one_origin(make_origin, make_proxy)
-
-    async def readyz_is(status: int) -> bool:
-        return (await proxy.client.get("/_failover/readyz")).status_code == status
-
-    await wait_for(lambda: readyz_is(200), timeout=5)
-    body = (await proxy.client.get("/_failover/readyz")).json()
-    assert body == {"ready": True, "pools": {"default": True}, "origins": {"primary": "healthy"}}
-
-    await origin.set_mode("refuse")
-    await wait_for(lambda: readyz_is(503), timeout=5)
-    body = (await proxy.client.get("/_failover/readyz")).json()
-    assert body["ready"] is False
-    assert body["origins"]["primary"] != "healthy"
-    assert origin.stats.requests == 0
-
-
-async def test_status_names_origins_and_active(
+async def test_a_client_that_stalls_its_body_holds_no_upstream_connection(
     make_origin: MakeOrigin, make_proxy: MakeProxy
 ) -> None:
-    primary, secondary, proxy = await two_origins(make_origin, make_proxy)
-    response = await proxy.client.get("/_failover/status")
-    assert response.status_code == 200
-    status = response.json()
-    assert status["active"] == "primary"
-    origins = {item["name"]: item for item in status["origins"]}
-    assert origins["primary"]["url"] == primary.url
-    assert origins["primary"]["priority"] == 0
-    assert origins["secondary"]["url"] == secondary.url
-    assert origins["secondary"]["priority"] == 1
-    assert {item["state"] for item in status["origins"]} == {"healthy"}
+    origin = await make_origin("primary")
+    proxy = await make_proxy(
+        proxy_config(
+            origin_config("primary", origin, 0),
+            proxy={"max_connections_per_origin": 2},
+            limits={"body_timeout": 0.6},
+            passive={"consecutive_failures": 1},
+        )
+    )
+    stalled = []
+    for _ in range(10):  # five times the pool's size
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        head = request_head("POST", "/echo", [("Host", "site.example"), ("Content-Length", "1000")])
+        writer.write(head + b"x")
+        stalled.append((reader, writer))
+    try:
+        for _ in range(5):  # meanwhile, a normal client is served at once
+            response = await asyncio.wait_for(proxy.client.get("/bytes/10"), 1.0)
+            assert response.status_code == 200
+        assert origin.stats.requests == 5  # the stalled POSTs never reached the origin
+        for reader, _ in stalled:
+            refusal = await asyncio.wait_for(read_response(reader), 5)
+            assert refusal.status == 408
+            assert b"limits.body_timeout" in refusal.body
+            assert refusal.get("connection") == "close"
+    finally:
+        for _, writer in stalled:
+            writer.close()
+    assert origin.stats.requests == 5
+    assert origin_record(proxy, "primary")["state"] == "healthy"
 
 
-async def test_admin_paths_are_never_proxied(
+async def test_a_body_larger_than_max_body_bytes_is_413_before_anything_goes_upstream(
     make_origin: MakeOrigin, make_proxy: MakeProxy
 ) -> None:
-    origin, proxy = await one_origin(make_origin, make_proxy)
-    for path in ("/_failover/nope", "/_failover/healthz/deeper"):
-        response = await proxy.client.get(path)
-        assert response.status_code == 404, path
-        assert "x-failover-origin" not in response.headers
-    # The bare prefix leads to the dashboard.
-    response = await proxy.client.get("/_failover")
-    assert response.status_code == 307
-    assert response.headers["location"].endswith("/_failover/")
+    origin = await make_origin("primary")
+    proxy = await make_proxy(
+        proxy_config(origin_config("primary", origin, 0), limits={"max_body_bytes": 1000})
+    )
+    declared = await proxy.client.post("/echo", content=b"x" * 1001)
+    assert declared.status_code == 413
+    assert "1001 bytes is over 1000" in declared.text
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"y" * 600
+
+    streamed = await proxy.client.post("/echo", content=chunked())
+    assert streamed.status_code == 413
+    assert "over 1000 bytes" in streamed.text
     assert origin.stats.requests == 0
-    # A path that merely starts with the prefix's letters is not under it.
-    response = await proxy.client.get("/_failoverish")
-    assert response.status_code == 200
+    fits = await proxy.client.post("/echo", content=b"z" * 1000)
+    assert fits.status_code == 200
     assert origin.stats.requests == 1
 
 
-async def test_status_is_refused_outside_admin_allow(
-    make_origin: MakeOrigin, make_proxy: MakeProxy
-) -> None:
-    _, proxy = await one_origin(make_origin, make_proxy, admin={"allow": ["10.0.0.0/8"]})
-    response = await proxy.client.get("/_failover/status")
-    assert response.status_code == 403
-    assert "127.0.0.1" in response.text
-    assert (await proxy.client.get("/_failover/healthz")).status_code == 200
+# -- a client that leaves -------------------------------------------------------------------
 
 
-async def test_admin_allow_ignores_forwarded_for(
-    make_origin: MakeOrigin, make_proxy: MakeProxy
+async def test_a_client_that_leaves_before_the_response_cancels_the_attempt(
+    make_origin: MakeOrigin, make_proxy: MakeProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _, proxy = await one_origin(make_origin, make_proxy, admin={"allow": ["10.0.0.0/8"]})
-    response = await proxy.client.get("/_failover/status", headers={"X-Forwarded-For": "10.0.0.1"})
-    assert response.status_code == 403
+    primary = await make_origin("primary", mode="blackhole")
+    secondary = await make_origin("secondary")
+    proxy = await make_proxy(
+        proxy_config(
+            origin_config("primary", primary, 0, health=NO_HEALTH),
+            origin_config("secondary", secondary, 1, health=NO_HEALTH),
+            timeouts={"first_byte": 3.0},
+            passive={"consecutive_failures": 1},
+            log={"access": True},
+        )
+    )
+    caplog.set_level(logging.INFO, logger="failover.access")
+    for _ in range(3):
+        _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(request_head("GET", "/gone", [("Host", "site.example")]))
+        await wait_for(lambda: primary.stats.open_connections > 0, timeout=2)
+        writer.close()
+        # The attempt is cancelled at once: the origin's connection closes long before
+        # first_byte (3 s) would have ended it.
+        await wait_for(lambda: primary.stats.open_connections == 0, timeout=1.5)
+    assert secondary.stats.requests == 0  # nothing was retried elsewhere
+    record = origin_record(proxy, "primary")
+    assert record["state"] == "healthy"  # nothing was counted against the origin
+
+    def statuses() -> list[int]:
+        access = [r for r in caplog.records if r.name == "failover.access"]
+        return [json.loads(r.getMessage())["status"] for r in access]
+
+    await wait_for(lambda: len(statuses()) == 3, timeout=2)
+    assert statuses() == [499, 499, 499]
+    metrics = (await proxy.client.get("/_failover/metrics")).text
+    assert 'failover_requests_total{code="499",origin="-",pool="default"} 3.0' in metrics
+
+
+# -- responses that cannot hurt clients -----------------------------------------------------
+
+
+async def test_204_with_content_length_reaches_the_client_without_it_and_the_connection_lives(
+    raw_origin: Callable[[Script], Awaitable[RawOrigin]], make_proxy: MakeProxy
+) -> None:
+    origin = await raw_origin(answer(b"HTTP/1.1 204 No Content", b"Content-Length: 7\r\n"))
+    proxy = await make_proxy(
+        proxy_config(origin_config("primary", origin.url, 0, health=NO_HEALTH))
+    )
+    async with connect(proxy.port) as (reader, writer):
+        for _ in range(2):  # the same client connection serves both
+            writer.write(request_head("GET", "/", [("Host", "site.example")]))
+            await writer.drain()
+            response = await asyncio.wait_for(read_response(reader), 5)
+            assert response.status == 204
+            assert response.get("content-length") is None
+
+
+async def test_a_head_response_with_content_length_passes_it_on_without_a_body(
+    raw_origin: Callable[[Script], Awaitable[RawOrigin]], make_proxy: MakeProxy
+) -> None:
+    origin = await raw_origin(answer(b"HTTP/1.1 200 OK", b"Content-Length: 1234\r\n"))
+    proxy = await make_proxy(
+        proxy_config(origin_config("primary", origin.url, 0, health=NO_HEALTH))
+    )
+    async with connect(proxy.port) as (reader, writer):
+        for _ in range(2):
+            writer.write(request_head("HEAD", "/", [("Host", "site.example")]))
+            await writer.drain()
+            response = await asyncio.wait_for(read_response(reader, "HEAD"), 5)
+            assert (response.status, response.get("content-length")) == (200, "1234")
+
+
+# --- access log ------------------------------------------------------------------------------
+
+
+ACCESS_FIELDS = {
+    "time",
+    "client",
+    "pool",
+    "method",
+    "path",
+    "status",
+    "origin",
+    "attempts",
+    "duration_ms",
+    "bytes_in",
+    "bytes_out",
+}
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [json.loads(r.getMessage()) for r in caplog.records if r.name == "failover.access"]
+
+
+async def test_the_access_log_has_one_json_line_per_request(
+    make_origin: Any, make_proxy: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="failover.access")
+    primary = await make_origin("primary")
+    secondary = await make_origin("secondary")
+    proxy = await make_proxy(two_origins_config(primary, secondary, log={"access": True}))
+    started = time.time()
+    assert (await proxy.client.get("/bytes/1000?x=1")).status_code == 200
+    upload = await proxy.client.post("/upload", content=b"a" * 300)
+    assert upload.status_code == 200
+    assert (await proxy.client.get(f"{PREFIX}/status")).status_code == 200
+
+    await wait_for(lambda: len(access_lines(caplog)) >= 2, timeout=2)
+    lines = access_lines(caplog)
+    assert len(lines) == 2  # admin requests are not proxied and not logged here
+    download, posted = lines
+    for line in lines:
+        assert set(line) == ACCESS_FIELDS
+        assert line["client"] == "127.0.0.1"
+        assert line["status"] == 200
+        assert line["origin"] == "primary"
+        assert started - 1 <= line["time"] <= time.time() + 1
+        assert line["duration_ms"] >= 0
+    assert (download["method"], download["path"]) == ("GET", "/bytes/1000?x=1")
+    assert (download["bytes_in"], download["bytes_out"]) == (0, 1000)
+    assert (posted["method"], posted["path"]) == ("POST", "/upload")
+    assert posted["bytes_in"] == 300
+    assert posted["bytes_out"] == len(upload.content)
+    assert "primary" in str(download["attempts"])
+
+
+async def test_no_access_log_unless_asked(
+    make_origin: Any, make_proxy: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="failover.access")
+    primary = await make_origin("primary")
+    secondary = await make_origin("secondary")
+    proxy = await make_proxy(two_origins_config(primary, secondary))
+    for _ in range(3):
+        assert await origin_header(proxy) == "primary"
+    assert access_lines(caplog) == []

@@ -1,8 +1,12 @@
-"""End-to-end tests of retries, the retry budget, the request deadline, hedging and
-stale-if-error: real FaultyOrigin origins behind the real proxy, on loopback.
+"""Retries (failover.retry).
 
-Unless a test is about active checks or passive detection, both are off, so that every
-request meets the origin in the mode the test set (a failing primary stays the one picked).
+End to end: retries, the retry budget, the request deadline and hedging, with real
+FaultyOrigin origins behind the real proxy, on loopback. Unless a test is about active checks
+or passive detection, both are off, so that every request meets the origin in the mode the
+test set (a failing primary stays the one picked).
+
+Unit tests of the retry decisions (RetryPolicy, RetryBudget) and of RequestBody: no network,
+time is a number the tests pass in, and the client's body comes from a scripted `receive`.
 """
 
 from __future__ import annotations
@@ -11,34 +15,17 @@ import asyncio
 import hashlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, MutableMapping
+from typing import Any, cast
 
 import httpx
+import pytest
 
+from failover.config import RetryConfig
 from failover.faulty import FaultyOrigin
-from tests.conftest import RunningProxy, origin_config, proxy_config, wait_for
-
-MakeOrigin = Callable[..., Awaitable[FaultyOrigin]]
-MakeProxy = Callable[..., Awaitable[RunningProxy]]
-
-KiB = 1024
-MiB = 1024 * KiB
-NO_HEALTH = {"enabled": False}
-NO_PASSIVE = {"enabled": False}
-
-
-class FakeClock:
-    """A monotonic clock that only moves when told to."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from failover.retry import ClientGone, RequestBody, RetryBudget, RetryPolicy
+from tests.conftest import wait_for
+from tests.helpers import KiB, MakeOrigin, MakeProxy, MiB, two_origins_without_checks
 
 
 def body_of(size: int, seed: int = 7) -> bytes:
@@ -53,27 +40,6 @@ async def stream(data: bytes, chunk: int = 256 * KiB) -> AsyncIterator[bytes]:
         yield data[start : start + chunk]
 
 
-async def two_origins(
-    make_origin: MakeOrigin,
-    make_proxy: MakeProxy,
-    primary_mode: str = "ok",
-    secondary_mode: str = "ok",
-    secondary_kw: dict[str, Any] | None = None,
-    proxy_kw: dict[str, Any] | None = None,
-    **overrides: Any,
-) -> tuple[FaultyOrigin, FaultyOrigin, RunningProxy]:
-    primary = await make_origin("primary", mode=primary_mode)
-    secondary = await make_origin("secondary", mode=secondary_mode, **(secondary_kw or {}))
-    overrides.setdefault("health", NO_HEALTH)
-    overrides.setdefault("passive", NO_PASSIVE)
-    config = proxy_config(
-        origin_config("primary", primary, 0),
-        origin_config("secondary", secondary, 1),
-        **overrides,
-    )
-    return primary, secondary, await make_proxy(config, **(proxy_kw or {}))
-
-
 def last_body(origin: FaultyOrigin) -> tuple[int, str]:
     last = origin.stats.last_request
     assert last is not None
@@ -86,7 +52,7 @@ def last_body(origin: FaultyOrigin) -> tuple[int, str]:
 async def test_put_body_is_replayed_byte_identical_after_503(
     make_origin: MakeOrigin, make_proxy: MakeProxy
 ) -> None:
-    primary, secondary, proxy = await two_origins(make_origin, make_proxy, "http5xx")
+    primary, secondary, proxy = await two_origins_without_checks(make_origin, make_proxy, "http5xx")
     body = body_of(100 * KiB)
     response = await proxy.client.put("/upload", content=body)
     assert response.status_code == 200
@@ -101,7 +67,7 @@ async def test_put_body_is_replayed_byte_identical_after_503(
 async def test_large_upload_is_not_retried_once_streamed_upstream(
     make_origin: MakeOrigin, make_proxy: MakeProxy
 ) -> None:
-    primary, secondary, proxy = await two_origins(
+    primary, secondary, proxy = await two_origins_without_checks(
         make_origin, make_proxy, "http5xx", retry={"max_buffered_body": MiB}
     )
     body = body_of(10 * MiB)
@@ -117,7 +83,7 @@ async def test_large_upload_is_not_retried_once_streamed_upstream(
 async def test_large_upload_is_retried_when_nothing_was_sent(
     make_origin: MakeOrigin, make_proxy: MakeProxy
 ) -> None:
-    _, secondary, proxy = await two_origins(
+    _, secondary, proxy = await two_origins_without_checks(
         make_origin, make_proxy, "refuse", retry={"max_buffered_body": MiB}
     )
     body = body_of(10 * MiB)
@@ -134,7 +100,7 @@ async def test_large_upload_is_retried_when_nothing_was_sent(
 async def test_post_is_retried_after_refusal_but_not_after_503(
     make_origin: MakeOrigin, make_proxy: MakeProxy
 ) -> None:
-    primary, secondary, proxy = await two_origins(make_origin, make_proxy, "refuse")
+    primary, secondary, proxy = await two_origins_without_checks(make_origin, make_proxy, "refuse")
     response = await proxy.client.post("/upload", content=b"order #1")
     assert response.status_code == 200
     assert response.headers["x-failover-attempts"] == "primary;connect-failure, secondary;200"
@@ -160,7 +126,7 @@ async def test_post_is_retried_after_refusal_but_not_after_503(
 async def test_post_with_idempotency_key_is_retried_after_503(
     make_origin: MakeOrigin, make_proxy: MakeProxy
 ) -> None:
-    _, secondary, proxy = await two_origins(
+    _, secondary, proxy = await two_origins_without_checks(
         make_origin, make_proxy, "http5xx", retry={"idempotency_key": True}
     )
     response = await proxy.client.post(
@@ -203,7 +169,7 @@ async def drive(
 async def test_retry_budget_caps_retries_under_load(
     make_origin: MakeOrigin, make_proxy: MakeProxy
 ) -> None:
-    _, secondary, proxy = await two_origins(
+    _, secondary, proxy = await two_origins_without_checks(
         make_origin,
         make_proxy,
         "http5xx",
@@ -226,7 +192,7 @@ async def test_retry_budget_caps_retries_under_load(
 async def test_generous_retry_budget_retries_every_request(
     make_origin: MakeOrigin, make_proxy: MakeProxy
 ) -> None:
-    _, secondary, proxy = await two_origins(
+    _, secondary, proxy = await two_origins_without_checks(
         make_origin,
         make_proxy,
         "http5xx",
@@ -247,7 +213,7 @@ async def test_generous_retry_budget_retries_every_request(
 async def test_request_deadline_ends_attempts(
     make_origin: MakeOrigin, make_proxy: MakeProxy
 ) -> None:
-    _, secondary, proxy = await two_origins(
+    _, secondary, proxy = await two_origins_without_checks(
         make_origin, make_proxy, "blackhole", timeouts={"first_byte": 2.0, "request": 0.5}
     )
     started = time.monotonic()
@@ -267,7 +233,7 @@ async def test_request_deadline_ends_attempts(
 async def test_hedged_get_is_answered_by_the_secondary(
     make_origin: MakeOrigin, make_proxy: MakeProxy
 ) -> None:
-    primary, secondary, proxy = await two_origins(
+    primary, secondary, proxy = await two_origins_without_checks(
         make_origin,
         make_proxy,
         "blackhole",
@@ -290,7 +256,7 @@ async def test_hedged_get_is_answered_by_the_secondary(
 
 
 async def test_post_is_never_hedged(make_origin: MakeOrigin, make_proxy: MakeProxy) -> None:
-    primary, secondary, proxy = await two_origins(
+    primary, secondary, proxy = await two_origins_without_checks(
         make_origin,
         make_proxy,
         "blackhole",
@@ -305,130 +271,152 @@ async def test_post_is_never_hedged(make_origin: MakeOrigin, make_proxy: MakePro
     assert secondary.stats.requests == 0
 
 
-# -- stale-if-error -----------------------------------------------------------------------
+# -- RetryPolicy --------------------------------------------------------------------------
 
 
-async def both_down(*origins: FaultyOrigin) -> None:
-    for origin in origins:
-        await origin.set_mode("refuse")
+def policy(**config: Any) -> RetryPolicy:
+    return RetryPolicy(RetryConfig(**config))
 
 
-async def test_stale_copy_is_served_when_every_origin_fails(
-    make_origin: MakeOrigin, make_proxy: MakeProxy
-) -> None:
-    primary, secondary, proxy = await two_origins(make_origin, make_proxy, stale={"enabled": True})
-    fresh = await proxy.client.get("/cache/x?cc=max-age=60")
-    assert fresh.status_code == 200
-    assert fresh.text == "primary:/cache/x"
-    assert "x-failover-stale" not in fresh.headers
-    await both_down(primary, secondary)
-
-    response = await proxy.client.get("/cache/x?cc=max-age=60")
-    assert response.status_code == 200
-    assert response.content == fresh.content
-    assert response.headers["x-failover-stale"] == "1"
-    assert int(response.headers["age"]) >= 0
-    assert response.headers["cache-control"] == "max-age=60"
-    assert response.headers["x-failover-origin"] == "primary"
-    assert (
-        response.headers["x-failover-attempts"]
-        == "primary;connect-failure, secondary;connect-failure"
-    )
-    # Another URL was never stored: the failure shows.
-    missing = await proxy.client.get("/cache/other?cc=max-age=60")
-    assert missing.status_code == 502
-    assert "x-failover-stale" not in missing.headers
+def test_statuses_and_conditions_come_from_retry_on() -> None:
+    rules = policy(on=["connect-failure", 503])
+    assert rules.retries_status(503)
+    assert not rules.retries_status(502)
+    assert rules.refusal(503, "GET", None, 1, False) is None
+    assert rules.refusal("connect-failure", "GET", None, 1, False) is None
+    assert rules.refusal(502, "GET", None, 1, False) == "status"
+    assert rules.refusal("reset", "GET", None, 1, False) == "condition"
+    assert rules.refusal("timeout", "GET", None, 1, False) == "condition"
 
 
-async def test_no_store_and_private_are_never_served_stale(
-    make_origin: MakeOrigin, make_proxy: MakeProxy
-) -> None:
-    primary, secondary, proxy = await two_origins(make_origin, make_proxy, stale={"enabled": True})
-    targets = ["/cache/y?cc=no-store", "/cache/z?cc=private", "/cache/w?cc=max-age=60"]
-    for target in targets:
-        assert (await proxy.client.get(target)).status_code == 200
-    await both_down(primary, secondary)
-    for target in targets[:2]:
-        response = await proxy.client.get(target)
-        assert response.status_code == 502, target
-        assert "x-failover-stale" not in response.headers
-    # The control: a cacheable response of the same kind is served stale.
-    assert (await proxy.client.get(targets[2])).headers["x-failover-stale"] == "1"
+@pytest.mark.parametrize("failure", ["reset", "timeout", 502, 503, 504])
+def test_post_is_not_retried_once_the_request_went_out(failure: str | int) -> None:
+    rules = policy()
+    assert rules.refusal(failure, "POST", None, 1, False) == "method"
+    assert rules.refusal(failure, "PATCH", None, 1, False) == "method"
+    assert rules.refusal(failure, "PUT", None, 1, False) is None
 
 
-async def test_stale_copy_expires_after_max_age(
-    make_origin: MakeOrigin, make_proxy: MakeProxy
-) -> None:
-    clock = FakeClock()
-    primary, secondary, proxy = await two_origins(
-        make_origin,
-        make_proxy,
-        stale={"enabled": True, "max_age": 10},
-        proxy_kw={"clock": clock},
-    )
-    assert (await proxy.client.get("/cache/x?cc=max-age=60")).status_code == 200
-    await both_down(primary, secondary)
-    clock.advance(5)
-    response = await proxy.client.get("/cache/x?cc=max-age=60")
-    assert response.status_code == 200
-    assert response.headers["x-failover-stale"] == "1"
-    assert response.headers["age"] == "5"
-    clock.advance(6)
-    response = await proxy.client.get("/cache/x?cc=max-age=60")
-    assert response.status_code == 502
-    assert "x-failover-stale" not in response.headers
+def test_any_method_is_retried_when_nothing_was_sent() -> None:
+    assert policy().refusal("connect-failure", "POST", None, 1, False) is None
 
 
-async def test_all_down_stale_answers_from_the_cache_without_an_attempt(
-    make_origin: MakeOrigin, make_proxy: MakeProxy
-) -> None:
-    primary = await make_origin("primary")
-    secondary = await make_origin("secondary")
-    config = proxy_config(
-        origin_config("primary", primary, 0),
-        origin_config("secondary", secondary, 1),
-        passive=NO_PASSIVE,
-        stale={"enabled": True},
-        all_down="stale",
-    )
-    proxy = await make_proxy(config)
-    fresh = await proxy.client.get("/cache/x?cc=max-age=60")
-    assert fresh.status_code == 200
-    await both_down(primary, secondary)
-
-    async def unready() -> bool:
-        return (await proxy.client.get("/_failover/readyz")).status_code == 503
-
-    await wait_for(unready, timeout=5)
-    response = await proxy.client.get("/cache/x?cc=max-age=60")
-    assert response.status_code == 200
-    assert response.content == fresh.content
-    assert response.headers["x-failover-stale"] == "1"
-    assert response.headers.get("x-failover-attempts", "") == ""
-    # Nothing stored: with every origin down the proxy still tries them all.
-    missing = await proxy.client.get("/cache/other")
-    assert missing.status_code == 502
-    assert (
-        missing.headers["x-failover-attempts"]
-        == "primary;connect-failure, secondary;connect-failure"
-    )
+def test_idempotency_key_makes_post_retryable_only_when_enabled() -> None:
+    assert policy().refusal(503, "POST", None, 1, True) == "method"
+    assert policy(idempotency_key=True).refusal(503, "POST", None, 1, True) is None
+    assert policy(idempotency_key=True).refusal(503, "POST", None, 1, False) == "method"
 
 
-async def test_response_over_max_object_bytes_is_not_stored(
-    make_origin: MakeOrigin, make_proxy: MakeProxy
-) -> None:
-    primary, secondary, proxy = await two_origins(
-        make_origin, make_proxy, stale={"enabled": True, "max_object_bytes": 64 * KiB}
-    )
-    large = await proxy.client.get("/bytes/1048576")
-    assert large.status_code == 200
-    assert len(large.content) == MiB
-    assert large.content == bytes(i % 251 for i in range(MiB))
-    small = await proxy.client.get("/bytes/1000")
-    assert small.status_code == 200
-    await both_down(primary, secondary)
-    assert (await proxy.client.get("/bytes/1048576")).status_code == 502
-    stale = await proxy.client.get("/bytes/1000")
-    assert stale.status_code == 200
-    assert stale.headers["x-failover-stale"] == "1"
-    assert stale.content == small.content
+def test_attempts_limit_retries() -> None:
+    rules = policy(attempts=3)
+    assert rules.refusal(503, "GET", None, 2, False) is None
+    assert rules.refusal(503, "GET", None, 3, False) == "attempts"
+    assert policy(attempts=1).refusal("connect-failure", "GET", None, 1, False) == "attempts"
+
+
+# -- RetryBudget --------------------------------------------------------------------------
+
+
+def test_budget_allows_the_floor_then_the_ratio_of_active_requests() -> None:
+    budget = RetryBudget(0.2, 3)
+    budget.active = 5
+    for _ in range(3):  # 20% of 5 is 1, but the floor is 3
+        assert budget.allows()
+        budget.retries += 1
+    assert not budget.allows()
+    budget.active = 20  # 20% of 20 = 4
+    assert budget.allows()
+    budget.retries += 1
+    assert not budget.allows()
+    budget.retries -= 2
+    assert budget.allows()
+
+
+def test_zero_budget_and_floor_allow_no_retry() -> None:
+    budget = RetryBudget(0.0, 0)
+    budget.active = 100
+    assert not budget.allows()
+
+
+# -- RequestBody --------------------------------------------------------------------------
+
+
+class ScriptedClient:
+    """An ASGI `receive` that hands out the given chunks, then (if asked) a disconnect."""
+
+    def __init__(self, chunks: list[bytes], disconnect: bool = False) -> None:
+        self.messages: list[MutableMapping[str, Any]] = [
+            {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1}
+            for i, chunk in enumerate(chunks)
+        ]
+        if disconnect:
+            self.messages[-1]["more_body"] = True
+            self.messages.append({"type": "http.disconnect"})
+        self.received = 0
+
+    async def __call__(self) -> MutableMapping[str, Any]:
+        message = self.messages[self.received]
+        self.received += 1
+        return message
+
+
+async def collect(body: RequestBody, limit: int | None = None) -> list[bytes]:
+    """Read the body as an upstream attempt would; stop after `limit` chunks if given."""
+    out: list[bytes] = []
+    chunks = cast(AsyncGenerator[bytes, None], body.chunks())
+    try:
+        async for chunk in chunks:
+            out.append(chunk)
+            if limit is not None and len(out) == limit:
+                break
+    finally:
+        await chunks.aclose()
+    return out
+
+
+CHUNKS = [b"a" * 100, b"b" * 100, b"c" * 100, b"d" * 100]
+
+
+async def test_small_body_is_replayed_identically() -> None:
+    client = ScriptedClient(CHUNKS)
+    body = RequestBody(client, limit=400)
+    completed: list[bool] = []
+    body.on_complete = lambda: completed.append(True)
+    assert await collect(body) == CHUNKS
+    assert body.complete and body.size == 400 and body.can_replay
+    assert completed == [True]
+    assert await collect(body) == CHUNKS  # from memory: the client is not read again
+    assert client.received == len(CHUNKS)
+
+
+async def test_partly_sent_body_is_replayed_from_its_first_byte() -> None:
+    client = ScriptedClient(CHUNKS)
+    body = RequestBody(client, limit=1000)
+    assert await collect(body, limit=2) == CHUNKS[:2]  # the first attempt broke off
+    assert not body.complete
+    assert await collect(body) == CHUNKS
+    assert client.received == len(CHUNKS)
+
+
+async def test_body_over_the_limit_cannot_be_replayed() -> None:
+    body = RequestBody(ScriptedClient(CHUNKS), limit=399)
+    assert await collect(body) == CHUNKS  # streams through whole all the same
+    assert not body.replayable and not body.can_replay
+    with pytest.raises(RuntimeError):
+        await collect(body)
+
+
+async def test_body_over_the_limit_is_replayable_while_nothing_was_read() -> None:
+    body = RequestBody(ScriptedClient(CHUNKS), limit=0)
+    assert body.can_replay  # a connect failure sent nothing: a retry may still send it all
+    assert await collect(body) == CHUNKS
+    assert not body.can_replay
+
+
+async def test_client_going_away_mid_body_raises_client_gone() -> None:
+    body = RequestBody(ScriptedClient(CHUNKS[:2], disconnect=True), limit=1000)
+    out: list[bytes] = []
+    with pytest.raises(ClientGone):
+        async for chunk in body.chunks():
+            out.append(chunk)
+    assert out == CHUNKS[:2]

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 from tests.conftest import origin_config, proxy_config
+from tests.helpers import MakeOrigin, MakeProxy
 
 
-async def test_traffic_moves_to_secondary_when_primary_fails(make_origin, make_proxy) -> None:
+async def test_traffic_moves_to_secondary_when_primary_fails(
+    make_origin: MakeOrigin, make_proxy: MakeProxy
+) -> None:
     primary = await make_origin("primary")
     secondary = await make_origin("secondary")
     proxy = await make_proxy(

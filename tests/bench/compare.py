@@ -38,9 +38,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
-from throughput import (  # a sibling script, found through sys.path
+from tests.bench.throughput import (  # a sibling script
     NGINX,
     OBJECTS,
     REPO,
@@ -202,7 +202,8 @@ def benchmark(
                         requests = result.requests_per_s * duration
                         cpu[(target, obj)].append(used / max(requests, 1) * 1e6)
         print()
-        report(rows, targets, *variants, cpu)
+        a, b = variants
+        report(rows, targets, a, b, cpu)
         print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     finally:
         procs.stop_all()

@@ -10,7 +10,8 @@ in a fresh process, as a user would run it, so the figures include Python's star
 first row, a valid two-line config, shows how much). Printed per case: exit status, the
 slowest and the median wall-clock seconds, the peak RSS of the slowest run, and the first line
 of stderr. The cases are the worst the loader's bounds allow: just under 1 MiB, just under
-20,000 values, nesting at the bound, plus the hostile inputs of tests/test_config_hostile.py.
+20,000 values, nesting at the bound, plus the hostile inputs of tests/test_configfile.py and
+tests/test_config.py.
 pytest does not collect this file (its name does not start with `test_`).
 """
 

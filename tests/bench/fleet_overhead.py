@@ -48,9 +48,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
-from throughput import (  # a sibling script, found through sys.path
+from tests.bench.throughput import (  # a sibling script
     CONNECTIONS,
     NGINX,
     REPO,

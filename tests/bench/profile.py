@@ -21,9 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
-import throughput as bench  # a sibling script, found through sys.path
+from tests.bench import throughput as bench  # a sibling script
 
 FRAME = re.compile(r"^(.*) \((.*?):\d+\)$")
 

@@ -43,13 +43,14 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
-from throughput import (  # a sibling script, found through sys.path
+from tests.bench.throughput import (  # a sibling script
     Processes,
     RssSampler,
     Service,
@@ -290,7 +291,7 @@ async def huge_headers(port: int, count: int, stop: asyncio.Event, attack: Attac
         )
 
 
-Attacker = Callable[[int, int, asyncio.Event, Attack], Awaitable[None]]
+Attacker = Callable[[int, int, asyncio.Event, Attack], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True)
@@ -382,7 +383,7 @@ async def run_scenario(scenario: Scenario, proxy: Service, port: int, duration: 
     sampler = RssSampler(pid, every=0.05)
     ejected = False
     with sampler.running():
-        attackers = None
+        attackers: asyncio.Task[None] | None = None
         if scenario.attacker is not None:
             attackers = asyncio.create_task(scenario.attacker(port, scenario.count, stop, attack))
             with contextlib.suppress(TimeoutError):

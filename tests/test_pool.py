@@ -29,9 +29,9 @@ from failover.events import EventLog
 from failover.faulty import FaultyOrigin
 from failover.runtime import build_runtime
 from tests.conftest import RunningProxy, origin_config, wait_for
+from tests.helpers import connect, metric, read_response, write_yaml
 from tests.test_cli import failover_each
-from tests.test_operations import metric, write_yaml
-from tests.test_proxy import connect, raw_request, read_response
+from tests.test_proxy import raw_request
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "/_failover"

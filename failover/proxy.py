@@ -31,7 +31,7 @@ from .pool import Pool
 from .retry import BodyRejected, ClientGone, RequestBody, RetryPlan
 from .router import Router
 from .stale import StaleCache, Tee
-from .upstream import BrokenResponse, Upstream, UpstreamResponse, read_body
+from .upstream import BODY_ERRORS, Upstream, UpstreamResponse, broken
 
 __all__ = ["Proxy", "ResponseAborted"]
 
@@ -260,7 +260,7 @@ class Proxy:
                 return
             content = response.content
             try:
-                chunk = await read_body(response)
+                chunk = await content.readany()
                 while chunk:
                     if tee is not None and not tee.add(chunk):
                         tee = None  # larger than stale.max_object_bytes: not kept
@@ -268,8 +268,9 @@ class Proxy:
                         break  # the last chunk goes out (and is counted) below
                     exchange.bytes_out += len(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    chunk = await read_body(response)
-            except BrokenResponse as exc:
+                    chunk = await content.readany()
+            except BODY_ERRORS as error:
+                exc = broken(error)
                 logger.warning(
                     "%s broke off a response to %s %s: %s",
                     origin.name,
@@ -277,7 +278,7 @@ class Proxy:
                     scope["path"],
                     exc,
                 )
-                raise ResponseAborted(f"{origin.name}: {exc}") from exc
+                raise ResponseAborted(f"{origin.name}: {exc}") from error
             exchange.bytes_out += len(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": False})
             finished = True

@@ -12,7 +12,8 @@ headers as they came. Every client error is mapped to an `UpstreamError` here, i
       pool-full         every pooled connection to the origin stayed busy for
                         `timeouts.connect`: not the origin's failure, nothing was sent
 
-`BrokenResponse` is the one error of a response body being read (`ResponseBody.readany`).
+A response body that breaks off while it is read raises one of `BODY_ERRORS`; `broken()` maps
+it to `BrokenResponse`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ from .config import HealthConfig, TimeoutsConfig
 from .health import ProbeResult
 from .origins import Origin
 
-__all__ = ["BrokenResponse", "Upstream", "UpstreamError", "UpstreamResponse"]
+__all__ = [
+    "BODY_ERRORS",
+    "BrokenResponse",
+    "Upstream",
+    "UpstreamError",
+    "UpstreamResponse",
+    "broken",
+]
 
 UpstreamResponse = h1.Response
 
@@ -74,12 +82,14 @@ def _os_reason(exc: OSError) -> str:
     return (exc.strerror or str(exc) or type(exc).__name__).lower()
 
 
-async def read_body(response: UpstreamResponse) -> bytes:
-    """The next bytes of a response body (b"" at its end); BrokenResponse if it broke off."""
-    try:
-        return await response.content.readany()
-    except (OSError, TimeoutError) as exc:
-        raise BrokenResponse(str(exc) or type(exc).__name__) from exc
+# What reading a response body raises when the origin breaks it off (h1 raises OSErrors and
+# TimeoutError); the proxy catches these and has `broken` describe them.
+BODY_ERRORS = (OSError, TimeoutError)
+
+
+def broken(exc: BaseException) -> BrokenResponse:
+    """A body read that failed (one of BODY_ERRORS), as the one error the proxy reports."""
+    return BrokenResponse(str(exc) or type(exc).__name__)
 
 
 class Upstream:

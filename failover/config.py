@@ -825,7 +825,7 @@ def build_settings(data: dict[str, Any]) -> Settings:
 
 def _pool_problems(settings: Settings, data: dict[str, Any]) -> list[str]:
     """What only the whole config shows: pool names, origin names across pools, routes."""
-    from .router import Route, check_routes  # pure; imported here to keep config.py first
+    from .router import check_routes, routes_from  # pure; imported here to keep config first
 
     problems: list[str] = []
     if "pools" in data:
@@ -844,16 +844,7 @@ def _pool_problems(settings: Settings, data: dict[str, Any]) -> list[str]:
                 problems.append(problem)
         else:
             owners[origin.name] = pool
-    routes = [
-        Route(
-            pool=r.pool,
-            host=r.host,
-            path=r.path,
-            strip_prefix=r.strip_prefix,
-            host_header=r.host_header,
-        )
-        for r in settings.routes
-    ]
+    routes = routes_from(settings.routes)
     problems += check_routes(routes, settings.pools)
     return problems
 

@@ -32,11 +32,19 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-__all__ = ["Match", "Route", "RouteError", "Router", "check_routes", "normalise_host"]
+__all__ = [
+    "Match",
+    "Route",
+    "RouteError",
+    "Router",
+    "check_routes",
+    "normalise_host",
+    "routes_from",
+]
 
 
 class RouteError(Exception):
@@ -146,6 +154,21 @@ def _route_path(value: str) -> tuple[str | None, str | None]:
 
 def _show(value: str | None, none: str) -> str:
     return none if value is None else repr(value)
+
+
+def routes_from(configs: Iterable[Any]) -> list[Route]:
+    """Routes from config entries (anything with pool, host, path, strip_prefix and
+    host_header attributes, such as `config.RouteConfig`)."""
+    return [
+        Route(
+            pool=c.pool,
+            host=c.host,
+            path=c.path,
+            strip_prefix=c.strip_prefix,
+            host_header=c.host_header,
+        )
+        for c in configs
+    ]
 
 
 def check_routes(routes: Sequence[Route], pools: Collection[str] | None = None) -> list[str]:

@@ -14,7 +14,7 @@ from .engine import Engine
 from .events import EventLog
 from .origins import Origin
 from .pool import Pool
-from .router import Route, Router
+from .router import Router, routes_from
 
 __all__ = ["Runtime", "build_runtime"]
 
@@ -43,16 +43,7 @@ def build_runtime(
     on_eject: Callable[[Origin, str], None] | None = None,
 ) -> Runtime:
     """Pools and router for `settings` (validated by `build_settings`)."""
-    routes = [
-        Route(
-            pool=r.pool,
-            host=r.host,
-            path=r.path,
-            strip_prefix=r.strip_prefix,
-            host_header=r.host_header,
-        )
-        for r in settings.routes
-    ]
+    routes = routes_from(settings.routes)
     route_hosts: dict[str, list[str]] = {}
     for route in routes:
         if route.host_header:

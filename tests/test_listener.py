@@ -11,7 +11,7 @@ import re
 import resource
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from failover.faulty import FaultyOrigin
 from failover.listener import HttpProtocolFactory, connection_limit, prepare_open_files
 from failover.origins import Flag
 from tests.conftest import RunningProxy, free_port, origin_config, proxy_config, wait_for
-from tests.helpers import serving_config, started
+from tests.helpers import connect, serving_config, started
 
 MakeOrigin = Callable[..., Awaitable[FaultyOrigin]]
 MakeProxy = Callable[..., Awaitable[RunningProxy]]
@@ -35,17 +35,6 @@ MakeProxy = Callable[..., Awaitable[RunningProxy]]
 async def proxy_with(make_origin: MakeOrigin, make_proxy: MakeProxy, **limits: Any) -> RunningProxy:
     origin = await make_origin("primary")
     return await make_proxy(proxy_config(origin_config("primary", origin, 0), limits=limits))
-
-
-@contextlib.asynccontextmanager
-async def connect(port: int) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        yield reader, writer
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
 
 
 def head(target: str = "/echo", *headers: str, method: str = "GET", version: str = "1.1") -> bytes:

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from failover.headers import LOCATION_HEADERS, LocationRewriter
+from failover.headers import (
+    LOCATION_HEADERS,
+    LocationRewriter,
+    request_headers,
+    request_target,
+    response_headers,
+)
 
 CLIENT = ("https", "www.example.com")
 
@@ -233,3 +239,90 @@ def test_refresh_is_only_parsed_as_refresh() -> None:
 def test_bad_origin_url(url: str) -> None:
     with pytest.raises(ValueError, match="is not an http\\(s\\) URL"):
         LocationRewriter(url)
+
+
+# -- request and response headers ----------------------------------------------------------
+
+
+def test_request_headers_drop_hop_by_hop_and_add_forwarding_headers() -> None:
+    raw = [
+        (b"host", b"www.example.com"),
+        (b"connection", b"keep-alive, x-secret"),
+        (b"x-secret", b"1"),
+        (b"te", b"trailers"),
+        (b"x-forwarded-for", b"10.0.0.1"),
+        (b"via", b"1.0 edge"),
+        (b"accept", b"*/*"),
+        (b"accept", b"text/html"),
+        (b"content-length", b"12"),
+        (b"idempotency-key", b"k1"),
+    ]
+    out, host, length, key = request_headers(raw, "192.0.2.7", "https", "1.1", "failover")
+    assert (host, length, key) == ("www.example.com", 12, True)
+    assert out == [
+        ("accept", "*/*"),
+        ("accept", "text/html"),
+        ("content-length", "12"),
+        ("idempotency-key", "k1"),
+        ("X-Forwarded-For", "10.0.0.1, 192.0.2.7"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "www.example.com"),
+        ("Via", "1.0 edge, 1.1 failover"),
+    ]
+
+
+def test_a_chunked_request_has_no_length_and_none_means_no_body() -> None:
+    assert (
+        request_headers([(b"transfer-encoding", b"chunked")], None, "http", "1.1", "f")[2] is None
+    )
+    assert request_headers([], None, "http", "1.0", "f")[2] == 0
+
+
+def test_response_headers_drop_hop_by_hop_append_via_and_rewrite_location() -> None:
+    raw = [
+        (b"Content-Type", b"text/html"),
+        (b"Connection", b"keep-alive, X-Internal"),
+        (b"X-Internal", b"1"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Via", b"1.1 cdn"),
+        (b"Location", b"http://10.0.0.5:8080/login"),
+        (b"Set-Cookie", b"a=1"),
+        (b"Set-Cookie", b"b=2"),
+    ]
+    rewriter = LocationRewriter("http://10.0.0.5:8080")
+    out = response_headers(raw, 302, b"1.1 failover", rewriter, "https", "www.example.com")
+    assert out == [
+        (b"content-type", b"text/html"),
+        (b"location", b"https://www.example.com/login"),
+        (b"set-cookie", b"a=1"),
+        (b"set-cookie", b"b=2"),
+        (b"via", b"1.1 cdn, 1.1 failover"),
+    ]
+    kept = response_headers(raw, 302, b"1.1 failover", None, "https", "www.example.com")
+    assert (b"location", b"http://10.0.0.5:8080/login") in kept
+
+
+def test_a_204_loses_its_content_length_and_a_304_keeps_it() -> None:
+    raw = [(b"Content-Length", b"7"), (b"ETag", b'"x"')]
+    assert response_headers(raw, 204, b"1.1 f", None, "http", None) == [
+        (b"etag", b'"x"'),
+        (b"via", b"1.1 f"),
+    ]
+    assert (b"content-length", b"7") in response_headers(raw, 304, b"1.1 f", None, "http", None)
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "query", "expected"),
+    [
+        (b"/a%2Fb", b"x=1", ("/a%2Fb?x=1", None)),
+        (b"http://Other.example:8080/p", b"", ("/p", "Other.example:8080")),
+        (b"https://h", b"", ("/", "h")),
+        (b"ftp://h/p", b"", None),
+        (b"*", b"", None),
+    ],
+)
+def test_the_request_target_is_kept_raw_and_an_absolute_form_names_its_host(
+    raw_path: bytes, query: bytes, expected: tuple[str, str | None] | None
+) -> None:
+    scope = {"path": "", "raw_path": raw_path, "query_string": query}
+    assert request_target(scope) == expected

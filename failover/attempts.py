@@ -110,10 +110,13 @@ class Attempts:
         except asyncio.CancelledError:
             exchange.attempts.append(f"{origin.name};cancelled")
             raise
-        if result != "pool-full":  # a busy pool is ours to fix, not the origin's failure
+        metrics = self.metrics
+        if result != "pool-full":
             exchange.pool.engine.on_attempt(origin, result, self.clock() - started)
-        if self.metrics is not None:
-            self.metrics.attempt(origin.pool_name, origin.name, result)
+        elif metrics is not None:  # a busy pool is ours to fix, not the origin's failure
+            metrics.pool_full.labels(origin.pool_name, origin.name).inc()
+        if metrics is not None:
+            metrics.attempt(origin.pool_name, origin.name, result)
         exchange.attempts.append(f"{origin.name};{result}")
         return response, result
 

@@ -563,7 +563,6 @@ class Pool:
         self.keepalive = keepalive
         self.on_resend = on_resend
         self.connections_made = 0
-        self.resends = 0  # requests sent again on a new connection (see `request`)
         self.closed = False
         self._open = 0  # connections open or being opened, idle ones included
         self._idle: list[Connection] = []  # oldest first; reused from the end
@@ -662,7 +661,6 @@ class Pool:
                     raise
                 retried = retried or stale
                 self._connections.discard(conn)
-            self.resends += 1
             if self.on_resend is not None:
                 self.on_resend()
             # The origin had closed the idle connection: the same slot, a new connection.

@@ -48,6 +48,7 @@ from uvicorn.server import ServerState
 from .config import LimitsConfig, Settings
 
 __all__ = [
+    "DISCONNECT_EXTENSION",
     "ClosedConnections",
     "HttpProtocolFactory",
     "LimitedHttpToolsProtocol",
@@ -62,6 +63,8 @@ logger = logging.getLogger("failover.listener")
 # File descriptors kept aside for everything that is not a client connection (listening
 # sockets, probes, log files, the config watcher).
 FD_HEADROOM = 64
+# The scope["extensions"] key under which a request can ask to hear of its client leaving.
+DISCONNECT_EXTENSION = "failover.disconnect"
 # After a refusal: how long the client may go on sending before the connection closes (what
 # it sends is read and dropped).
 LINGER = 2.0
@@ -216,7 +219,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._linger_timer: asyncio.TimerHandle | None = None
         # ASGI extensions are dicts; this one holds the function to register with.
         self._extensions: dict[str, dict[object, object]] = {
-            "failover.disconnect": {"watch": self._watch_disconnect}
+            DISCONNECT_EXTENSION: {"watch": self._watch_disconnect}
         }
 
     def _watch_disconnect(self, callback: Callable[[], bool]) -> None:

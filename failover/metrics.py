@@ -115,8 +115,6 @@ class Metrics:
     def attempt(self, pool: str, origin: str, result: str | int) -> None:
         key = (pool, origin, result)
         self._attempts[key] = self._attempts.get(key, 0) + 1
-        if result == "pool-full":
-            self.pool_full.labels(pool, origin).inc()
 
     def resend(self, pool: str, origin: str) -> None:
         self.resends.labels(pool, origin).inc()

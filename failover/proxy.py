@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .attempts import Attempts, Exchange
 from .config import Settings
 from .headers import request_headers, request_target, response_headers
+from .listener import DISCONNECT_EXTENSION
 from .metrics import Metrics
 from .origins import Origin
 from .pool import Pool
@@ -41,9 +42,6 @@ _access = logging.getLogger("failover.access")
 _NO_BODY_STATUSES = frozenset({204, 304})
 # nginx's convention for a client that closed the connection before the response started.
 CLIENT_GONE = 499
-# The listener (failover.listener) offers a way to hear of the client's connection closing
-# while its request is in progress, under this key of scope["extensions"].
-DISCONNECT_EXTENSION = "failover.disconnect"
 _NO_EXTENSIONS: dict[str, Any] = {}
 # What the client gets when no attempt produced a response, by the last attempt's result.
 _ERROR_STATUS: dict[str | int, int] = {"timeout": 504, "pool-full": 503}

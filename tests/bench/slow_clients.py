@@ -176,10 +176,16 @@ async def _status_line(reader: asyncio.StreamReader, within: float) -> str:
     return line.decode("latin-1").split(" ", 2)[1]
 
 
-async def idle_sockets(port: int, count: int, stop: asyncio.Event, attack: Attack) -> None:
+async def held_connections(
+    port: int, count: int, stop: asyncio.Event, attack: Attack, request: bytes = b""
+) -> None:
+    """`count` connections that send `request` (nothing, by default) and then wait."""
+
     async def one() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
+            if request:
+                writer.write(request)
             opened.append(1)
             if len(opened) == count:
                 attack.ready.set()
@@ -234,27 +240,11 @@ async def trickled_heads(port: int, count: int, stop: asyncio.Event, attack: Att
         )
 
 
+STALLED_UPLOAD = b"POST /upload HTTP/1.1\r\nHost: bench\r\nContent-Length: 1000\r\n\r\nx"
+
+
 async def stalled_uploads(port: int, count: int, stop: asyncio.Event, attack: Attack) -> None:
-    request = b"POST /upload HTTP/1.1\r\nHost: bench\r\nContent-Length: 1000\r\n\r\nx"
-
-    async def one() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(request)
-            opened.append(1)
-            if len(opened) == count:
-                attack.ready.set()
-            stop_wait = asyncio.ensure_future(stop.wait())
-            ended = asyncio.ensure_future(_status_line(reader, 3600))
-            await asyncio.wait({stop_wait, ended}, return_when=asyncio.FIRST_COMPLETED)
-            attack.seen["open at the end" if stop_wait.done() else ended.result()] += 1
-            for task in (stop_wait, ended):
-                task.cancel()
-        finally:
-            writer.transport.abort()
-
-    opened: list[int] = []
-    await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
+    await held_connections(port, count, stop, attack, STALLED_UPLOAD)
 
 
 async def huge_headers(port: int, count: int, stop: asyncio.Event, attack: Attack) -> None:
@@ -309,7 +299,7 @@ def scenarios(scale: float) -> list[Scenario]:
 
     return [
         Scenario("baseline", 0, None, "nobody else"),
-        Scenario("idle", n(300), idle_sockets, f"{n(300)} silent connections"),
+        Scenario("idle", n(300), held_connections, f"{n(300)} silent connections"),
         Scenario("trickle", n(200), trickled_heads, f"{n(200)} heads at 1 byte/s", longer=True),
         Scenario(
             "stalled-upload",

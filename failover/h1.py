@@ -192,7 +192,10 @@ class Connection(asyncio.Protocol):
         self.is_head = False
         self.got_bytes = False  # a byte of the response has arrived
         self.head_bytes = 0  # bytes received before the final response headers ended
-        self.head_size = 0  # bytes of the status line and headers of the response so far
+        # Set while a read could take the response head past MAX_HEAD: the parser callbacks
+        # then count its bytes (`head_size`); a read that cannot costs no counting.
+        self.count_head = False
+        self.head_size = 0
         self.headers_waiter: asyncio.Future[Response] | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.headers_done = False
@@ -225,7 +228,7 @@ class Connection(asyncio.Protocol):
         self.is_head = is_head
         self.got_bytes = False
         self.head_bytes = 0
-        self.head_size = 0
+        self.count_head = False
         self.headers = []
         self.headers_done = self.interim = self.complete = False
         self.keep_alive = self.until_eof = False
@@ -375,6 +378,9 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         self.got_bytes = True
+        if not self.headers_done and self.head_bytes + len(data) > MAX_HEAD:
+            self.count_head = True
+            self.head_size = self.head_bytes
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -428,13 +434,15 @@ class Connection(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_status(self, status: bytes) -> None:
-        self.head_size += len(status) + 16
+        if self.count_head:
+            self.head_size += len(status) + 16
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
-        self.head_size += len(name) + len(value) + 4
-        if self.head_size > MAX_HEAD:
-            raise InvalidResponse(f"response headers longer than {MAX_HEAD} bytes")
+        if self.count_head:
+            self.head_size += len(name) + len(value) + 4
+            if self.head_size > MAX_HEAD:
+                raise InvalidResponse(f"response headers longer than {MAX_HEAD} bytes")
 
     def on_headers_complete(self) -> None:
         if self.headers_done:

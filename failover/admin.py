@@ -208,14 +208,17 @@ def build_admin(app: AdminHost) -> Starlette:
         except ValueError:
             return _plain(400, f"limit must be a whole number, got {query['limit']!r}")
         limit = max(0, limit)
-        following = app.events.emitted  # where `after` starts to follow from here
         if app.fleet is not None:
             shared = await app.fleet.recent_events(limit)
             if shared is not None:
-                return JSONResponse({"events": shared, "source": "fleet", "next": following})
+                return JSONResponse({"events": shared, "source": "fleet"})
         items = app.events.newest_first(limit)
         return JSONResponse(
-            {"events": [event.as_dict() for event in items], "source": "local", "next": following}
+            {
+                "events": [event.as_dict() for event in items],
+                "source": "local",
+                "next": app.events.emitted,  # where `after` follows on from
+            }
         )
 
     async def follow(request: Request) -> Response:

@@ -271,7 +271,9 @@ def _events(client: AdminClient, args: argparse.Namespace) -> int:
             show(event)
     if not args.follow:
         return 0
-    cursor, seen = int(body.get("next", 0)), 0
+    # The fleet's history carries no cursor: follow this process's events from now on.
+    cursor = int(body["next"]) if "next" in body else int(client.follow(0, 0).get("next", 0))
+    seen = 0
     while args.count is None or seen < args.count:
         batch = client.follow(cursor, FOLLOW_WAIT)
         cursor = int(batch.get("next", cursor))

@@ -27,7 +27,7 @@ __all__ = ["COMMANDS", "add_commands", "admin_url", "run_command"]
 ACTIONS = ("drain", "enable", "disable")
 COMMANDS = ("status", "events", *ACTIONS, "reload")
 DEFAULT_PREFIX = "/_failover"
-FOLLOW_WAIT = 10.0  # seconds one poll of `events --follow` waits for news
+FOLLOW_WAIT = 5.0  # seconds one poll of `events --follow` waits for news (and may hold a stop)
 EPILOG = (
     "exit status: 0 done; 1 the proxy said no (reload: the new config is invalid, or the "
     "proxy runs without a config file); 2 not done: usage, proxy unreachable or too slow, "

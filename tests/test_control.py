@@ -14,6 +14,7 @@ import pytest
 
 from failover.cli import main
 from failover.control import admin_url
+from failover.events import EventLog
 from failover.faulty import FaultyOrigin
 from tests.conftest import RawOrigin, RunningProxy, free_port, wait_for
 from tests.helpers import (
@@ -363,6 +364,29 @@ async def test_events_long_poll_endpoint(make_origin: Any, make_proxy: Any) -> N
         refused = await proxy.client.get(url, params=params)
         assert refused.status_code == 400
         assert problem in refused.text
+
+
+def test_the_event_cursor_survives_a_full_history_and_a_restart() -> None:
+    log = EventLog(lambda: 0.0, size=3)
+    for n in range(5):
+        log.emit("override", f"o{n}", "", "", "test")
+    assert log.emitted == 5
+    assert [e.origin for e in log.since(0)] == ["o2", "o3", "o4"]  # o0, o1 fell out
+    assert [e.origin for e in log.since(4)] == ["o4"]
+    assert log.since(5) == []
+    assert [e.origin for e in log.since(9)] == ["o2", "o3", "o4"]  # from a previous process
+
+
+async def test_a_poll_waits_for_the_next_event_and_no_longer() -> None:
+    log = EventLog(lambda: 0.0)
+    waiting = asyncio.create_task(log.wait(0, 5))
+    await wait_for(lambda: log.followers == 1, timeout=2)
+    log.emit("override", "a", "", "", "test")
+    await asyncio.wait_for(waiting, 1)
+    assert log.followers == 0
+    await asyncio.wait_for(log.wait(0, 5), 1)  # event 0 exists: no wait
+    await log.wait(1, 0.01)  # nothing new: returns at its deadline
+    assert log.followers == 0
 
 
 # --- where the proxy is ----------------------------------------------------------------------

@@ -134,7 +134,7 @@ def exported(metrics_text: str) -> set[str]:
     return names
 
 
-async def serving_proxy(make_origin: Any, make_proxy: Any) -> RunningProxy:
+async def serving_proxy(make_origin: Any, make_proxy: Any) -> tuple[FaultyOrigin, RunningProxy]:
     """Two origins in one pool; no checks, so that only operators and retries change them;
     no retry budget, so that a retry on an origin still usable is refused."""
     primary: FaultyOrigin = await make_origin("primary")
@@ -148,8 +148,7 @@ async def serving_proxy(make_origin: Any, make_proxy: Any) -> RunningProxy:
         admin={"token": TOKEN},
     )
     proxy: RunningProxy = await make_proxy(config)
-    proxy.primary = primary  # type: ignore[attr-defined]
-    return proxy
+    return primary, proxy
 
 
 # --- Prometheus accepts them ------------------------------------------------------------------
@@ -200,7 +199,7 @@ def test_the_dashboard_imports_anywhere() -> None:
 
 
 async def test_every_metric_named_is_exported(make_origin: Any, make_proxy: Any) -> None:
-    proxy = await serving_proxy(make_origin, make_proxy)
+    _, proxy = await serving_proxy(make_origin, make_proxy)
     assert (await proxy.client.get("/echo")).status_code == 200
     have = exported(await get_metrics(proxy.client))
 
@@ -281,13 +280,13 @@ async def test_the_alerts_fire_on_what_a_real_proxy_reports(
     tmp_path: Path, make_origin: Any, make_proxy: Any
 ) -> None:
     promtool()
-    proxy = await serving_proxy(make_origin, make_proxy)
+    primary, proxy = await serving_proxy(make_origin, make_proxy)
     assert (await proxy.client.get("/echo")).status_code == 200
     healthy = await get_metrics(proxy.client)
     assert firing(healthy, healthy, "30m", tmp_path) == set()
 
     # The primary fails a request with a 503; with no retry budget the retry is refused.
-    await proxy.primary.set_mode("http5xx")  # type: ignore[attr-defined]
+    await primary.set_mode("http5xx")
     response = await proxy.client.get("/echo")
     assert response.status_code == 503
     assert response.headers["x-failover-not-retried"] == "budget"

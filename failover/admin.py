@@ -3,9 +3,9 @@
 healthz and readyz answer anyone (load balancers and Kubernetes probe them). status, events,
 metrics and the dashboard answer only clients in `admin.allow`, judged by the socket peer (or,
 behind a proxy listed in `admin.trust_forwarded`, by X-Forwarded-For). Overrides (drain,
-disable, enable) and reload also need the bearer token `admin.token`; a request to any of them
-that presents a bearer token other than `admin.token` is refused (401), so that a client with a
-stale token learns it on its first call.
+disable, enable) and reload also need the bearer token `admin.token`. A request to any of the
+`admin.allow` endpoints that presents a bearer token other than `admin.token` is refused (401),
+so that a client with a stale token learns it on its first call.
 """
 
 from __future__ import annotations
@@ -70,9 +70,9 @@ class AdminHost(Protocol):
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_WAIT = 30.0  # seconds a long poll of /events may hold its request
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

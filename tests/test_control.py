@@ -111,6 +111,46 @@ async def test_status_of_a_pool_that_lost_every_origin(
     assert out.splitlines()[2].split()[2:4] == ["disabled", "disabled"]
 
 
+async def test_status_and_events_of_several_pools(
+    cli: Cli, make_origin: Any, make_proxy: Any
+) -> None:
+    origins = {name: await make_origin(name) for name in ("www-a", "www-b", "api-a")}
+    config = {
+        "pools": {
+            "www": {
+                "origins": [
+                    {"name": "www-a", "url": origins["www-a"].url, "priority": 0},
+                    {"name": "www-b", "url": origins["www-b"].url, "priority": 1},
+                ]
+            },
+            "api": {"origins": [{"name": "api-a", "url": origins["api-a"].url}]},
+        },
+        "routes": [{"host": "api.example", "pool": "api"}, {"pool": "www"}],
+        "health": {"path": "/health", "interval": 0.2, "timeout": 0.5},
+        "failback": {"hold_down": 0},
+        "admin": {"token": TOKEN},
+    }
+    proxy: RunningProxy = await make_proxy(config)
+    await wait_for(lambda: all(p.engine.ready() for p in proxy.app.runtime.pools.values()))
+
+    code, out, _ = await cli("status", "--url", proxy.url)
+    assert code == 0
+    pools = [line for line in out.splitlines() if line.startswith("pool ")]
+    assert pools == ["pool www: ready, traffic to www-a", "pool api: ready, traffic to api-a"]
+    code, out, _ = await cli("status", "--url", proxy.url, "--pool", "api")
+    assert code == 0
+    assert out.splitlines()[0] == "pool api: ready, traffic to api-a"
+    assert "www-a" not in out
+
+    for name in ("www-a", "api-a"):
+        await proxy.client.post(f"{PREFIX}/origins/{name}/drain", headers=AUTH)
+    code, out, _ = await cli("events", "--url", proxy.url, "--pool", "api", "--json")
+    assert code == 0
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events and {e["pool"] for e in events} <= {"api", "-"}
+    assert ("override", "api-a") in {(e["kind"], e["origin"]) for e in events}
+
+
 # --- drain, enable, disable ------------------------------------------------------------------
 
 

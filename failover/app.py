@@ -289,6 +289,13 @@ class App:
         self.events.emit("config-reloaded", "-", "", "", summary)
         self._update_gauges()
 
+    def reload(self, trigger: str) -> dict[str, Any] | None:
+        """Re-read the config file now (the admin API's reload); None without a file."""
+        if self.reloader.config_path is None:
+            return None
+        self.reloader.reload(trigger)
+        return self.last_reload
+
     def reload_failed(self, problems: list[str], trigger: str) -> None:
         for problem in problems:
             logger.error("Config reload (%s) rejected: %s", trigger, problem)
@@ -327,16 +334,22 @@ class App:
         assert self.metrics is not None
         if event.kind == "traffic-moved":
             self.metrics.failovers.labels(event.pool, event.old, event.new).inc()
+        elif event.kind == "ejected":
+            self.metrics.ejections.labels(event.pool, event.origin).inc()
         self._update_gauges()
 
     def _update_gauges(self) -> None:
         if self.metrics is None:
             return
         for pool in self.runtime.pools.values():
-            active = {o.name for o in pool.engine.selector.tier}
+            tier = pool.engine.selector.tier
+            active = {o.name for o in tier}
             self.metrics.origins(
                 (pool.name, o.name, o.usable, o.name in active) for o in pool.origins
             )
+            priorities = sorted({o.priority for o in pool.origins})
+            index = priorities.index(tier[0].priority) if tier else -1
+            self.metrics.pool(pool.name, index, len(priorities))
 
 
 def _count(n: int, noun: str) -> str:

@@ -85,6 +85,8 @@ class Attempts:
                 response, result = await self._try(origin, exchange)
             following = plan.next(origin, result, self.clock())
             if following is None:
+                if plan.not_retried and self.metrics is not None:
+                    self.metrics.retry_refused(pool.name, plan.not_retried)
                 return origin, response, result
             if response is not None:
                 response.close()

@@ -1,0 +1,106 @@
+"""DNS lookup cost: dnspython's asyncio resolver against aiodns (c-ares), both asking the
+loopback test server (tests/dns_server.py) for the A and AAAA records of one name.
+
+Interleaved rounds; each round does LOOKUPS lookups (one A and one AAAA query each, as the
+proxy's resolver does) with each library, one after the other, and the medians are printed:
+wall time and process CPU per lookup. The server runs in the same process, so CPU includes
+the server's work; it is the same for both libraries.
+
+    .venv/bin/python -m tests.bench.dns_lookup [lookups] [rounds]
+
+aiodns is optional (it is not a dependency of the project): without it only dnspython is
+measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+import dns.asyncresolver
+import dns.nameserver
+
+from failover.resolver import DnsLookup
+from tests.dns_server import DnsServer
+
+NAME = "primary.test"
+
+
+def dnspython_raw(server: DnsServer) -> Callable[[], Awaitable[None]]:
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    resolver.nameservers = [dns.nameserver.Do53Nameserver(server.host, server.port)]
+    resolver.cache = None
+
+    async def lookup() -> None:
+        a, aaaa = await asyncio.gather(
+            resolver.resolve(NAME, "A", lifetime=2), resolver.resolve(NAME, "AAAA", lifetime=2)
+        )
+        assert a.rrset is not None and aaaa.rrset is not None
+
+    return lookup
+
+
+def failover_lookup(server: DnsServer) -> Callable[[], Awaitable[None]]:
+    resolver = DnsLookup([server.nameserver], timeout=2.0)
+
+    async def lookup() -> None:
+        answer = await resolver.lookup(NAME)
+        assert len(answer.addresses) == 2
+
+    return lookup
+
+
+def aiodns_raw(server: DnsServer) -> Callable[[], Awaitable[None]] | None:
+    try:
+        import aiodns
+    except ImportError:
+        return None
+    resolver = aiodns.DNSResolver(nameservers=[server.nameserver], timeout=2.0, tries=1)
+
+    async def lookup() -> None:
+        a, aaaa = await asyncio.gather(resolver.query(NAME, "A"), resolver.query(NAME, "AAAA"))
+        assert a and aaaa and a[0].ttl > 0
+
+    return lookup
+
+
+async def measure(lookup: Callable[[], Awaitable[None]], count: int) -> tuple[float, float]:
+    """Seconds of wall time and of CPU per lookup, `count` lookups one after the other."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(count):
+        await lookup()
+    return (time.perf_counter() - wall) / count, (time.process_time() - cpu) / count
+
+
+async def main(lookups: int, rounds: int) -> None:
+    server = DnsServer()
+    await server.start()
+    server.set(NAME, a=["127.0.0.1"], aaaa=["::1"], ttl=60)
+    candidates: dict[str, Callable[[], Awaitable[None]]] = {
+        "dnspython 2 (asyncresolver)": dnspython_raw(server),
+        "failover.resolver (dnspython)": failover_lookup(server),
+    }
+    c_ares = aiodns_raw(server)
+    if c_ares is not None:
+        candidates["aiodns (c-ares)"] = c_ares
+    for lookup in candidates.values():  # warm up
+        await measure(lookup, 20)
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, lookup in candidates.items():
+            results[name].append(await measure(lookup, lookups))
+    await server.stop()
+    print(f"{lookups} lookups (A + AAAA each) x {rounds} rounds, medians per lookup:")
+    for name, figures in results.items():
+        wall = statistics.median(f[0] for f in figures) * 1e6
+        cpu = statistics.median(f[1] for f in figures) * 1e6
+        print(f"  {name:32s} wall {wall:7.0f} us   cpu {cpu:7.0f} us")
+
+
+if __name__ == "__main__":
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    asyncio.run(main(count, rounds))

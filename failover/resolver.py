@@ -104,7 +104,7 @@ class DnsLookup:
                     return_exceptions=True,
                 )
         except TimeoutError:
-            raise DnsFailure("timeout", f"no answer within {self.timeout:g} s") from None
+            raise DnsFailure("timeout", f"timeout: no answer within {self.timeout:g} s") from None
         addresses: list[str] = []
         ttls: list[float] = []
         failures: list[DnsFailure] = []
@@ -128,7 +128,7 @@ def _failure(exc: BaseException, timeout: float) -> DnsFailure:
     if isinstance(exc, dns.resolver.NXDOMAIN):
         return DnsFailure("nxdomain", "the name does not exist (NXDOMAIN)")
     if isinstance(exc, dns.exception.Timeout):
-        return DnsFailure("timeout", f"no answer within {timeout:g} s")
+        return DnsFailure("timeout", f"timeout: no answer within {timeout:g} s")
     if isinstance(exc, dns.resolver.NoNameservers):
         answers = {str(error[3]) for error in exc.kwargs.get("errors", [])}
         if "SERVFAIL" in answers:

@@ -9,6 +9,7 @@ when it answers SERVFAIL, NXDOMAIN or nothing at all.
     server.fail("primary.test", "servfail")  # or "nxdomain", "drop" (silence)
     server.silent = True                    # drop every query
     server.queries["primary.test", "A"]     # how many A queries for the name came in
+    server.times("primary.test", "A")       # when they came in (time.monotonic())
     config = {"dns": {"nameservers": [server.nameserver]}}
 
 A name the server was never told about answers NXDOMAIN; a known name without records of the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -75,6 +77,7 @@ class DnsServer:
         self.names: dict[str, Records] = {}
         self.silent = False  # drop every query (a resolver outage by timeout)
         self.queries: Counter[tuple[str, str]] = Counter()
+        self.log: list[tuple[float, str, str]] = []  # (time.monotonic(), name, type)
         self._transport: asyncio.DatagramTransport | None = None
 
     @property
@@ -91,6 +94,11 @@ class DnsServer:
         """Queries for `name`, of any type."""
         key = _key(name)
         return sum(n for (qname, _), n in self.queries.items() if qname == key)
+
+    def times(self, name: str, qtype: str = "A") -> list[float]:
+        """When the queries of `qtype` for `name` came in (time.monotonic())."""
+        key = _key(name)
+        return [at for at, qname, kind in self.log if qname == key and kind == qtype]
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -142,6 +150,7 @@ class DnsServer:
         qname = _key(question.name.to_text())
         qtype = dns.rdatatype.to_text(question.rdtype)
         self.queries[qname, qtype] += 1
+        self.log.append((time.monotonic(), qname, qtype))
         if self.silent:
             return None
         response = dns.message.make_response(query)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from failover import h1
 from failover.config import ConfigError, build_settings
 from tests.conftest import RunningProxy, origin_config, proxy_config, wait_for
 from tests.dns_server import DnsServer
@@ -243,7 +244,8 @@ async def test_resolver_outage_serves_the_last_answer(
     dns_server.fail(NAME, None)
 
     async def fresh() -> bool:
-        return dns_status(await get_status(proxy), "primary")["state"] == "fresh"
+        state: str = dns_status(await get_status(proxy), "primary")["state"]
+        return state == "fresh"
 
     await wait_for(fresh, timeout=3)
     events = (await proxy.client.get("/_failover/events")).json()["events"]
@@ -407,3 +409,81 @@ def test_dns_defaults() -> None:
         }
     )
     assert settings.dns.nameservers == nameservers
+
+
+# -- the pool's side: h1.Pool with an address source -----------------------------------------
+
+
+@dataclass
+class FixedAddresses:
+    """An `h1.AddressSource` with a fixed answer (the resolver's part is tested above)."""
+
+    answer: tuple[str, ...]
+    first: list[str] = field(default_factory=list)
+
+    def attach(self, pool: h1.Pool) -> None:
+        pass
+
+    def addresses(self) -> tuple[str, ...]:
+        return self.answer
+
+    async def resolve(self) -> tuple[str, ...]:
+        if not self.answer:
+            raise h1.ConnectError("DNS: primary.test: the name does not exist (NXDOMAIN)")
+        return self.answer
+
+    def connected(self, address: str) -> None:
+        self.first.append(address)
+
+
+async def test_the_pool_connects_to_an_address_that_answers_and_says_which(
+    named_origin: MakeNamed,
+) -> None:
+    origin = await named_origin("one")
+    source = FixedAddresses(("127.0.0.3", "127.0.0.1"))
+    pool = h1.Pool(f"http://{NAME}:{origin.port}", dns=source, connect_timeout=1)
+    try:
+        response = await pool.request("GET", "/", [("Host", NAME)])
+        assert await response.content.read() == b"one"
+        response.release()
+        assert source.first == ["127.0.0.1"]
+        assert pool.idle == 1 and pool._idle[0].address == "127.0.0.1"
+    finally:
+        await pool.close()
+
+
+async def test_a_busy_connection_to_a_removed_address_is_closed_when_its_response_ends(
+    named_origin: MakeNamed,
+) -> None:
+    origin = await named_origin("one")
+    pool = h1.Pool(f"http://{NAME}:{origin.port}", dns=FixedAddresses(("127.0.0.1",)))
+    try:
+        response = await pool.request("GET", "/", [("Host", NAME)])
+        pool.forget(frozenset({"127.0.0.1"}))  # while the response is being read
+        assert await response.content.read() == b"one"
+        response.release()
+        assert pool.idle == 0
+        await wait_for(lambda: origin.open == 0, timeout=2)
+        # An idle connection to a removed address is closed at once.
+        response = await pool.request("GET", "/", [("Host", NAME)])
+        await response.content.read()
+        response.release()
+        assert pool.idle == 1
+        pool.forget(frozenset({"127.0.0.2"}))
+        assert pool.idle == 1
+        pool.forget(frozenset({"127.0.0.1"}))
+        assert pool.idle == 0
+        await wait_for(lambda: origin.open == 0, timeout=2)
+    finally:
+        await pool.close()
+
+
+async def test_a_name_without_addresses_fails_the_connect_with_the_reason() -> None:
+    pool = h1.Pool(f"http://{NAME}:80", dns=FixedAddresses(()))
+    try:
+        with pytest.raises(h1.ConnectError) as info:
+            await pool.request("GET", "/", [("Host", NAME)])
+        assert info.value.reason == "DNS: primary.test: the name does not exist (NXDOMAIN)"
+        assert pool.in_use == 0
+    finally:
+        await pool.close()

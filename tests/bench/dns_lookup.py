@@ -15,10 +15,12 @@ measured.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import dns.asyncresolver
 import dns.nameserver
@@ -55,14 +57,16 @@ def failover_lookup(server: DnsServer) -> Callable[[], Awaitable[None]]:
 
 def aiodns_raw(server: DnsServer) -> Callable[[], Awaitable[None]] | None:
     try:
-        import aiodns
+        aiodns: Any = importlib.import_module("aiodns")
     except ImportError:
         return None
     resolver = aiodns.DNSResolver(nameservers=[server.nameserver], timeout=2.0, tries=1)
 
     async def lookup() -> None:
-        a, aaaa = await asyncio.gather(resolver.query(NAME, "A"), resolver.query(NAME, "AAAA"))
-        assert a and aaaa and a[0].ttl > 0
+        a, aaaa = await asyncio.gather(
+            resolver.query_dns(NAME, "A"), resolver.query_dns(NAME, "AAAA")
+        )
+        assert a.answer and aaaa.answer and a.answer[0].ttl > 0
 
     return lookup
 

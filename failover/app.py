@@ -184,6 +184,7 @@ class App:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         self.reloader.stop.set()
+        self.resolver.stop()
         tasks, self.tasks = self.tasks, set()
         for task in tasks:
             task.cancel()

@@ -224,6 +224,12 @@ class Resolver:
         self.config = config
         self.limits = DnsLimits(config.min_ttl, config.max_ttl, config.stale_ttl)
         self.lookup = DnsLookup(config.nameservers, config.timeout)
+        self.stopped = False
+
+    def stop(self) -> None:
+        """Shutting down: no lookup starts any more (the running ones are the spawner's to
+        cancel); connections keep what the cache has."""
+        self.stopped = True
 
     def configure(self, config: DnsConfig) -> None:
         """A reloaded `dns:` block: new limits now, a new resolver if the servers changed."""
@@ -242,7 +248,7 @@ class Resolver:
     def start(self, host: HostAddresses) -> None:
         """Start the background lookups of `host` (not of a name dropped by `retain`: a
         retired pool keeps its last answer)."""
-        if self.hosts.get(host.host) is not host:
+        if self.stopped or self.hosts.get(host.host) is not host:
             return
         if host.task is None or host.task.done():
             host.task = self.spawn(self._run(host), f"dns {host.host}")

@@ -44,7 +44,7 @@ Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 @dataclass(frozen=True)
 class Answer:
     addresses: tuple[str, ...]  # IPv6 first, then IPv4, as the server listed them
-    ttl: float  # the lowest TTL of the records used
+    ttl: float  # the lowest TTL of the records used (CNAMEs on the way included)
 
 
 class DnsFailure(Exception):
@@ -113,7 +113,8 @@ class DnsLookup:
                 failures.append(_failure(result, self.timeout))
             elif result.rrset is not None:
                 addresses.extend(record.to_text() for record in result.rrset)
-                ttls.append(float(result.rrset.ttl))
+                # Through a CNAME chain: the lowest TTL along it.
+                ttls.append(float(result.chaining_result.minimum_ttl))
         if addresses:
             return Answer(tuple(addresses), min(ttls))
         for failure in failures:

@@ -334,6 +334,7 @@ def origin_status(engine: Engine, origin: Origin, now: float) -> dict[str, Any]:
     total, failures, slow = outlier.window(now)
     next_probe = engine.next_probe_at.get(origin.name)
     latency = outlier.mean_latency(now)
+    dns = getattr(origin.pool, "dns", None)  # set when the url names a host, not an IP
     return {
         "name": origin.name,
         "pool": origin.pool_name,
@@ -345,6 +346,7 @@ def origin_status(engine: Engine, origin: Origin, now: float) -> dict[str, Any]:
         "flags": sorted(flag.value for flag in origin.flags),
         "reason": origin.reason,
         "since_seconds": round(now - origin.changed_at, 3) if origin.changed_at else None,
+        "dns": dns.entry.status(now) if dns is not None else None,
         "check": {
             "state": check.state.value,
             "consecutive_passes": check.passes,

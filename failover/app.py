@@ -26,6 +26,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from .admin import build_admin
 from .config import Settings, default_config_path, load_config
+from .dnscache import Update
 from .engine import Engine
 from .events import Event, EventLog
 from .fleet import Fleet, origin_key
@@ -37,6 +38,7 @@ from .origins import Origin
 from .overrides import OverrideStore
 from .proxy import Proxy
 from .reload import Reloader
+from .resolver import HostAddresses, Resolver
 from .runtime import Runtime, build_runtime
 from .upstream import Upstream
 
@@ -79,6 +81,14 @@ class App:
             settings.proxy.max_connections_per_origin,
             self.metrics.resend if self.metrics else None,
         )
+        self.resolver = Resolver(
+            settings.dns,
+            clock,
+            self.spawn,
+            self._dns_update,
+            self.metrics.dns if self.metrics else None,
+        )
+        self.upstream.resolver = self.resolver
         self.fleet = Fleet(self, settings.fleet, wall_clock) if settings.fleet else None
         if self.fleet is not None:
             self.events.subscribe(self.fleet.event)
@@ -174,6 +184,7 @@ class App:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         self.reloader.stop.set()
+        self.resolver.stop()
         tasks, self.tasks = self.tasks, set()
         for task in tasks:
             task.cancel()
@@ -261,9 +272,11 @@ class App:
                 )
         previous = self.runtime
         runtime = self._runtime(settings, previous)
+        self.resolver.configure(settings.dns)
         retired = self.upstream.sync(
             settings.proxy.max_connections_per_origin, list(runtime.origins.values())
         )
+        self.resolver.retain(self.upstream.hostnames())
         self.runtime = runtime
         self.apply_overrides()
         self.proxy = self._proxy(runtime)
@@ -308,6 +321,22 @@ class App:
         }
         if self.metrics is not None:
             self.metrics.reloads.labels("error").inc()
+
+    # -- DNS --------------------------------------------------------------------------------
+
+    def _dns_update(self, host: HostAddresses, update: Update) -> None:
+        """A host name's answer changed in a way worth an event; NXDOMAIN (or no address)
+        fails the origins that use it, a name that resolves again brings them back."""
+        assert update.event is not None
+        users = [o for o in self.origins if getattr(o.pool, "dns", None) is host]
+        names = ",".join(o.name for o in users) or host.host
+        self.events.emit(update.event, names, "", host.entry.state, update.reason)
+        for origin in users:
+            engine = self.runtime.pool_of(origin).engine
+            if update.event == "dns-nxdomain":
+                engine.dns_missing(origin, f"DNS: {update.reason}")
+            elif update.event == "dns-recovered":
+                engine.dns_back(origin, f"DNS: {update.reason}")
 
     # -- operator overrides -----------------------------------------------------------------
 

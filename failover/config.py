@@ -58,6 +58,7 @@ __all__ = [
     "MIN_TOKEN_LENGTH",
     "AdminConfig",
     "ConfigError",
+    "DnsConfig",
     "FailbackConfig",
     "HealthConfig",
     "LimitsConfig",
@@ -71,6 +72,7 @@ __all__ = [
     "default_config_path",
     "load_config",
     "parse_duration",
+    "parse_nameserver",
     "read_yaml",
 ]
 
@@ -555,6 +557,58 @@ class EventsConfig(_Block):
         return value
 
 
+def parse_nameserver(value: str) -> tuple[str, int]:
+    """A `dns.nameservers` entry ("IP", "IP:PORT", "[IPv6]:PORT") as (ip, port)."""
+    text, port = value.strip(), 53
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":") or not rest[1:].isdigit():
+                raise ValueError(f"{quote(value)} is not a nameserver (IP or IP:PORT)")
+            port = int(rest[1:])
+        text = host
+    elif text.count(":") == 1:
+        text, _, number = text.partition(":")
+        if not number.isdigit():
+            raise ValueError(f"{quote(value)} is not a nameserver (IP or IP:PORT)")
+        port = int(number)
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(
+            f"{quote(value)} is not a nameserver: expected an IP address or IP:PORT "
+            "(a nameserver is given by address, not by name)"
+        ) from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{quote(value)} has a port outside 1-65535")
+    return str(address), port
+
+
+class DnsConfig(_Block):
+    """How the proxy resolves origin host names (see README, DNS)."""
+
+    nameservers: list[str] = []  # empty: the system's (/etc/resolv.conf)
+    min_ttl: Duration = 5.0
+    max_ttl: Duration = 300.0
+    stale_ttl: ZeroDuration = 3600.0
+    timeout: Duration = 2.0  # one lookup (A and AAAA together), retries included
+
+    @field_validator("nameservers")
+    @classmethod
+    def _nameservers(cls, value: list[str]) -> list[str]:
+        for item in value:
+            parse_nameserver(item)
+        return value
+
+    @model_validator(mode="after")
+    def _ttls(self) -> DnsConfig:
+        if self.max_ttl < self.min_ttl:
+            raise ValueError(
+                f"max_ttl ({self.max_ttl:g} s) is shorter than min_ttl ({self.min_ttl:g} s)"
+            )
+        return self
+
+
 class FleetConfig(_Block):
     redis_url: str
     key_prefix: str = "failover:"
@@ -668,6 +722,7 @@ class Settings(BaseSettings):
     log: LogConfig = LogConfig()
     events: EventsConfig = EventsConfig()
     fleet: FleetConfig | None = None
+    dns: DnsConfig = DnsConfig()
     all_down: AllDown = "try-all"
     shutdown_timeout: Duration = 30.0
 

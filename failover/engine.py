@@ -149,6 +149,20 @@ class Engine:
         if reason is not None:
             self.eject(origin, f"{reason} across the fleet")
 
+    def dns_missing(self, origin: Origin, reason: str) -> None:
+        """The origin's host name does not exist (NXDOMAIN) or has no address: failed-check,
+        with the reason. With active checks on, it comes back once its probes pass again
+        (`healthy_threshold` in a row); without, once the name resolves (`dns_back`)."""
+        if origin.health.enabled:
+            check = self.checks[origin.name]
+            check.state, check.passes = CheckState.UNHEALTHY, 0
+        self.set_flag(origin, Flag.FAILED_CHECK, True, "origin-down", reason)
+
+    def dns_back(self, origin: Origin, reason: str) -> None:
+        """The origin's host name resolves again."""
+        if not origin.health.enabled:
+            self.set_flag(origin, Flag.FAILED_CHECK, False, "origin-up", reason)
+
     def eject(self, origin: Origin, reason: str, share: bool = True) -> None:
         outlier = self.outliers[origin.name]
         if outlier.ejected_until is not None:

@@ -119,6 +119,25 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.dns_lookups = Counter(
+            "failover_dns_lookups",
+            "DNS lookups of origin host names (A and AAAA together count as one).",
+            ["host"],
+            registry=r,
+        )
+        self.dns_failures = Counter(
+            "failover_dns_failures",
+            "DNS lookups that gave no address, by reason (nxdomain, no-address, servfail, "
+            "timeout, unreachable, error).",
+            ["host", "reason"],
+            registry=r,
+        )
+        self.dns_stale = Counter(
+            "failover_dns_stale_answers",
+            "New connections made to a host's last answer while its resolver failed (serve-stale).",
+            ["host"],
+            registry=r,
+        )
         self.webhook_drops = Counter(
             "failover_webhook_dropped",
             "Webhook notifications given up on.",
@@ -155,6 +174,15 @@ class Metrics:
     def retry_refused(self, pool: str, reason: str) -> None:
         key = (pool, reason)
         self._refused[key] = self._refused.get(key, 0) + 1
+
+    def dns(self, what: str, host: str, reason: str) -> None:
+        """Count a DNS lookup, failure or stale answer (failover.resolver; not per request)."""
+        if what == "lookup":
+            self.dns_lookups.labels(host).inc()
+        elif what == "failure":
+            self.dns_failures.labels(host, reason).inc()
+        else:
+            self.dns_stale.labels(host).inc()
 
     def flush(self) -> None:
         """Move what the hot path counted into the Prometheus metrics."""

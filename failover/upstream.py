@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import re
 import socket
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from urllib.parse import urlsplit
 
 from . import h1
 from .config import HealthConfig, TimeoutsConfig
 from .health import ProbeResult
 from .origins import Origin
+from .resolver import Resolver
 
 __all__ = [
     "BODY_ERRORS",
@@ -72,6 +75,20 @@ def map_error(exc: BaseException, timeout: float) -> UpstreamError:
     return UpstreamError("reset", str(exc) or type(exc).__name__)
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_localhost(host: str) -> bool:
+    """RFC 6761: localhost names stay on the machine (/etc/hosts), never sent to DNS."""
+    host = host.lower().rstrip(".")
+    return host == "localhost" or host.endswith(".localhost")
+
+
 def _os_reason(exc: OSError) -> str:
     if exc.errno == errno.ECONNREFUSED:
         return "connection refused"
@@ -106,10 +123,20 @@ class Upstream:
         self.max_connections = max_connections
         self.on_resend = on_resend
         self.pools: dict[tuple[str, str, TimeoutsConfig], h1.Pool] = {}
+        # Resolves the origins named by host name; None: the event loop's getaddrinfo.
+        self.resolver: Resolver | None = None
+
+    def hostnames(self) -> set[str]:
+        """The host names the pools resolve."""
+        return {pool.host for pool in self.pools.values() if pool.dns is not None}
 
     def _pool(self, origin: Origin) -> h1.Pool:
         timeouts = origin.timeouts
         on_resend = self.on_resend
+        host = urlsplit(origin.url).hostname or ""
+        dns = None
+        if self.resolver is not None and not _is_ip(host) and not _is_localhost(host):
+            dns = self.resolver.host(host)
         return h1.Pool(
             origin.base,
             limit=self.max_connections,
@@ -121,6 +148,7 @@ class Upstream:
             on_resend=None
             if on_resend is None
             else lambda: on_resend(origin.pool_name, origin.name),
+            dns=dns,
         )
 
     def add(self, origin: Origin) -> None:

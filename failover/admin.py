@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 import math
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -25,6 +27,7 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
+from .configfile import quote
 from .dashboard import dashboard_page
 from .engine import Engine
 from .events import EventLog
@@ -33,6 +36,7 @@ from .metrics import CONTENT_TYPE, Metrics
 from .origins import Origin
 from .overrides import ACTIONS, OverrideStore
 from .pool import Pool
+from .public import MAX_NOTICE
 from .runtime import Runtime
 
 __all__ = ["AdminHost", "build_admin", "client_address", "engine_status", "pool_status"]
@@ -60,6 +64,8 @@ class AdminHost(Protocol):
     def metrics(self) -> Metrics | None: ...
 
     def override(self, origin: Origin, action: str, by: str) -> None: ...
+
+    def set_notice(self, text: str, pool: str | None) -> None: ...
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -91,7 +97,13 @@ def client_address(request: Request, trusted: list[Network]) -> str:
 
 
 def _plain(status: int, text: str, **headers: str) -> PlainTextResponse:
-    phrase = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found"}
+    phrase = {
+        400: "Bad Request",
+        401: "Unauthorized",
+        403: "Forbidden",
+        404: "Not Found",
+        413: "Content Too Large",
+    }
     return PlainTextResponse(f"{status} {phrase[status]}: {text}\n", status, headers=headers)
 
 
@@ -182,7 +194,8 @@ def build_admin(app: AdminHost) -> Starlette:
     async def dashboard(request: Request) -> Response:
         return HTMLResponse(page, headers=page_headers)
 
-    async def override(request: Request) -> Response:
+    def refused(request: Request) -> Response | None:
+        """Why a mutation may not go ahead (no token configured, or a wrong one), or None."""
         token = app.runtime.settings.admin.token
         if token is None:
             return _plain(
@@ -196,6 +209,12 @@ def build_admin(app: AdminHost) -> Starlette:
             credential.strip().encode(), token.encode()
         ):
             return _plain(401, "wrong or missing bearer token", **{"WWW-Authenticate": "Bearer"})
+        return None
+
+    async def override(request: Request) -> Response:
+        refusal = refused(request)
+        if refusal is not None:
+            return refusal
         name = request.path_params["name"]
         action = request.path_params["action"]
         if action not in ACTIONS:
@@ -207,6 +226,12 @@ def build_admin(app: AdminHost) -> Starlette:
         by = request.query_params.get("by") or client_address(request, networks()[1])
         app.override(origin, action, by)
         return JSONResponse({"origin": name, "action": action, "state": origin.state, "by": by})
+
+    async def notice(request: Request) -> Response:
+        refusal = refused(request)
+        if refusal is not None:
+            return refusal
+        return await _set_notice(app, request)
 
     async def not_found(request: Request) -> Response:
         known = ", ".join(
@@ -223,10 +248,46 @@ def build_admin(app: AdminHost) -> Starlette:
             Route(f"{prefix}/events", restricted(events), methods=["GET"]),
             Route(f"{prefix}/metrics", restricted(metrics), methods=["GET"]),
             Route(f"{prefix}/origins/{{name}}/{{action}}", restricted(override), methods=["POST"]),
+            Route(f"{prefix}/notice", restricted(notice), methods=["POST"]),
             Route(f"{prefix}/{{rest:path}}", not_found),
             Route(prefix, lambda request: RedirectResponse(f"{prefix}/")),
         ]
     )
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # newline and tab are fine
+_NOTICE_BODY = 4 * MAX_NOTICE + 1024  # bytes: room for escapes, never unbounded
+
+
+async def _set_notice(app: AdminHost, request: Request) -> Response:
+    """`POST {prefix}/notice` with `{"notice": "...", "pool": "..."}`; an empty notice clears
+    it; without `pool` it is the notice of every pool."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _NOTICE_BODY:
+            return _plain(413, f"the body is larger than {_NOTICE_BODY} bytes")
+    expected = 'expected a JSON object such as {"notice": "Maintenance until 14:00 UTC"}'
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return _plain(400, f"the body is not JSON; {expected}")
+    if not isinstance(data, dict) or not isinstance(data.get("notice"), str):
+        return _plain(400, f"{quote(data)} has no string 'notice'; {expected}")
+    unknown = sorted(set(data) - {"notice", "pool"})
+    if unknown:
+        return _plain(400, f"unknown keys {', '.join(map(quote, unknown))}; {expected}")
+    text: str = data["notice"].strip()
+    if len(text) > MAX_NOTICE:
+        return _plain(400, f"the notice has {len(text)} characters; at most {MAX_NOTICE}")
+    if _CONTROL.search(text):
+        return _plain(400, f"the notice {quote(text)} holds a control character")
+    pool = data.get("pool")
+    if pool is not None and pool not in app.runtime.pools:
+        known = ", ".join(app.runtime.pools)
+        return _plain(404, f"no pool named {quote(pool)} (known: {known})")
+    app.set_notice(text, pool)
+    return JSONResponse({"notice": text or None, "pool": pool})
 
 
 # -- status JSON ----------------------------------------------------------------------------

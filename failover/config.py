@@ -634,25 +634,25 @@ def _check_page(value: str | None) -> str | None:
     if value is None:
         return None
     if not value or "\x00" in value:
-        raise ValueError(f"{quote(value)} is not a file path")
+        raise ValueError(f"{quote(value, 300)} is not a file path")
     try:
         mode = os.stat(value).st_mode
     except OSError as exc:
-        raise ValueError(f"{quote(value)} cannot be read: {exc.strerror}") from None
+        raise ValueError(f"{quote(value, 300)} cannot be read: {exc.strerror}") from None
     kind = file_kind(mode)
     if kind is not None:
-        raise ValueError(f"{quote(value)} is not a regular file ({kind})")
+        raise ValueError(f"{quote(value, 300)} is not a regular file ({kind})")
     try:
         with open(value, "rb") as file:
             data = file.read(MAX_PAGE_BYTES + 1)
     except OSError as exc:
-        raise ValueError(f"{quote(value)} cannot be read: {exc.strerror}") from None
+        raise ValueError(f"{quote(value, 300)} cannot be read: {exc.strerror}") from None
     if len(data) > MAX_PAGE_BYTES:
-        raise ValueError(f"{quote(value)} is larger than {MAX_PAGE_BYTES} bytes")
+        raise ValueError(f"{quote(value, 300)} is larger than {MAX_PAGE_BYTES} bytes")
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{quote(value)} is not UTF-8 text: {exc.reason}") from None
+        raise ValueError(f"{quote(value, 300)} is not UTF-8 text: {exc.reason}") from None
     return value
 
 

@@ -46,10 +46,10 @@ def _slack_escape(text: str) -> str:
 def _headline(event: Event) -> str:
     pool = f" in pool {event.pool}" if event.pool != "-" else ""
     if event.kind == "traffic-moved":
-        return f"Traffic moved{pool}: {event.old} -> {event.new}"
+        return f"Traffic moved{pool}: {event.old} → {event.new}"
     if event.kind == "config-reloaded":
         return "Config reloaded"
-    return f"{event.origin}{pool}: {event.old} -> {event.new} ({event.kind})"
+    return f"{event.origin}{pool}: {event.old} → {event.new} ({event.kind})"
 
 
 def slack_message(event: Event) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from tests.helpers import (
 from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS, require_browser, unavailable
 
 ATOM = "{http://www.w3.org/2005/Atom}"
+SHIPPED_PAGE = Path(__file__).resolve().parents[1] / "config" / "maintenance.html"
 TEMPLATE = (
     "<html><head><title>Down</title></head><body><h1>Back soon</h1>"
     '<p id="retry">{{retry_after}}</p><p id="notice">{{ notice }}</p>'
@@ -290,9 +291,7 @@ async def test_every_origin_down_answers_the_page_with_retry_after_and_since(
     await primary.set_mode("refuse")
     await secondary.set_mode("refuse")
     await pool_is(proxy, "down")
-    set_notice = await proxy.client.post(
-        f"{PREFIX}/notice", json={"notice": HOSTILE}, headers=AUTH
-    )
+    set_notice = await proxy.client.post(f"{PREFIX}/notice", json={"notice": HOSTILE}, headers=AUTH)
     assert set_notice.status_code == 200, set_notice.text
 
     response = await proxy.client.get("/echo", headers={"Accept": "text/html,*/*"})
@@ -463,7 +462,7 @@ async def test_the_page_and_the_feed_in_chromium(
     from playwright.async_api import Error as PlaywrightError
     from playwright.async_api import async_playwright, expect
 
-    shipped = Path(__file__).resolve().parents[1] / "config" / "maintenance.html"
+    shipped = SHIPPED_PAGE
     primary = await make_origin("primary")
     secondary = await make_origin("secondary")
     config = page_config(tmp_path, primary, secondary)

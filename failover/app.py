@@ -259,7 +259,7 @@ class App:
     def apply(self, settings: Settings, trigger: str = "reload") -> None:
         """Swap in a validated config."""
         old = self.settings
-        for key in ("listen", "admin", "fleet", "limits"):
+        for key in ("listen", "admin", "fleet", "limits", "events"):
             before, after = getattr(old, key), getattr(settings, key)
             if key == "admin":
                 before, after = before.prefix, after.prefix

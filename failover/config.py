@@ -1002,6 +1002,16 @@ def _pool_problems(settings: Settings, data: dict[str, Any]) -> list[str]:
             owners[origin.name] = pool
     routes = routes_from(settings.routes)
     problems += check_routes(routes, settings.pools)
+    if settings.public.enabled and "routes" in data:
+        public = settings.public.prefix
+        for i, route in enumerate(settings.routes):
+            path = (route.path or "").rstrip("/")
+            if path == public or path.startswith(public + "/"):
+                problems.append(
+                    f"routes[{i}].path: {quote(route.path)} lies within public.prefix "
+                    f"{quote(public)}, which the proxy answers itself; move the feed "
+                    "(public.prefix) or turn it off (public.enabled: false)"
+                )
     return problems
 
 

@@ -256,6 +256,27 @@ def test_the_public_prefix_may_not_collide_with_the_admin_prefix(prefix: str, ad
     assert found[0].startswith(f"public.prefix: {prefix!r} collides with admin.prefix {admin!r}")
 
 
+def test_a_route_within_the_public_prefix_is_refused() -> None:
+    found = problems(
+        {
+            "pools": {"www": {"origins": ORIGINS}},
+            "routes": [{"pool": "www"}, {"path": "/_status/feed/", "pool": "www"}],
+        }
+    )
+    assert found == [
+        "routes[1].path: '/_status/feed/' lies within public.prefix '/_status', which the proxy "
+        "answers itself; move the feed (public.prefix) or turn it off (public.enabled: false)"
+    ]
+    settings = build_settings(
+        {
+            "pools": {"www": {"origins": ORIGINS}},
+            "routes": [{"path": "/_status/", "pool": "www"}],
+            "public": {"enabled": False},
+        }
+    )
+    assert settings.routes[0].path == "/_status/"
+
+
 # -- end to end -----------------------------------------------------------------------------
 
 

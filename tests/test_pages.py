@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -93,7 +94,7 @@ def test_json_goes_to_clients_that_ask_for_json_and_not_html(
 # -- the status board -----------------------------------------------------------------------
 
 
-def board_on_one_pool() -> tuple[Pool, StatusBoard, FakeClock]:
+def board_on_one_pool() -> tuple[Pool, StatusBoard, FakeClock, Callable[[float], None]]:
     settings = make_settings(
         origin_dict("primary", 0),
         origin_dict("secondary", 1),
@@ -111,8 +112,7 @@ def board_on_one_pool() -> tuple[Pool, StatusBoard, FakeClock]:
         clock.advance(seconds)
         wall.advance(seconds)
 
-    board.tick = tick  # type: ignore[attr-defined]
-    return pool, board, wall
+    return pool, board, wall, tick
 
 
 def status_of(board: StatusBoard) -> str:
@@ -123,26 +123,26 @@ def status_of(board: StatusBoard) -> str:
 
 
 def test_the_board_follows_a_pool_through_degraded_down_and_back() -> None:
-    pool, board, wall = board_on_one_pool()
+    pool, board, wall, tick = board_on_one_pool()
     primary, secondary = pool.origins
     assert status_of(board) == "operational"
     assert board.since("default") is None
 
-    board.tick(10)  # type: ignore[attr-defined]
+    tick(10)
     pool.engine.on_probe(primary, REFUSED)
     pool.engine.pick()
     assert status_of(board) == "degraded"
     assert board.since("default") == wall()
     started = wall()
 
-    board.tick(5)  # type: ignore[attr-defined]
+    tick(5)
     pool.engine.on_probe(secondary, REFUSED)
     assert pool.engine.pick() is None
     assert status_of(board) == "down"
     assert board.status_json(False, 0.0)["status"] == "down"
     assert board.since("default") == wall()
 
-    board.tick(20)  # type: ignore[attr-defined]
+    tick(20)
     pool.engine.on_probe(primary, PASS)
     pool.engine.pick()
     assert status_of(board) == "degraded"  # the secondary still fails its checks
@@ -159,7 +159,7 @@ def test_the_board_follows_a_pool_through_degraded_down_and_back() -> None:
 
 
 def test_a_lower_tier_serving_is_degraded_even_when_nothing_failed() -> None:
-    pool, board, _ = board_on_one_pool()
+    pool, board, _, _ = board_on_one_pool()
     primary = pool.origins[0]
     pool.engine.override(primary, "drain", "ops")
     pool.engine.pick()
@@ -170,13 +170,13 @@ def test_a_lower_tier_serving_is_degraded_even_when_nothing_failed() -> None:
 
 
 def test_the_incident_history_is_bounded() -> None:
-    pool, board, _ = board_on_one_pool()
+    pool, board, _, tick = board_on_one_pool()
     primary = pool.origins[0]
     for _ in range(5):
-        board.tick(1)  # type: ignore[attr-defined]
+        tick(1)
         pool.engine.on_probe(primary, REFUSED)
         pool.engine.pick()
-        board.tick(1)  # type: ignore[attr-defined]
+        tick(1)
         pool.engine.on_probe(primary, PASS)
         pool.engine.pick()
     assert len(board.incidents) == 3
@@ -184,16 +184,16 @@ def test_the_incident_history_is_bounded() -> None:
 
 
 def test_the_atom_feed_has_one_entry_per_incident_and_escapes_the_notice() -> None:
-    pool, board, _ = board_on_one_pool()
+    pool, board, _, tick = board_on_one_pool()
     primary = pool.origins[0]
     for _ in range(2):
-        board.tick(1)  # type: ignore[attr-defined]
+        tick(1)
         pool.engine.on_probe(primary, REFUSED)
         pool.engine.pick()
-        board.tick(1)  # type: ignore[attr-defined]
+        tick(1)
         pool.engine.on_probe(primary, PASS)
         pool.engine.pick()
-    board.tick(1)  # type: ignore[attr-defined]
+    tick(1)
     pool.engine.on_probe(primary, REFUSED)
     pool.engine.pick()
     board.set_notice(HOSTILE)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 import math
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -27,6 +29,7 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
+from .configfile import quote
 from .dashboard import dashboard_page
 from .engine import Engine
 from .events import EventLog
@@ -35,6 +38,7 @@ from .metrics import CONTENT_TYPE, Metrics
 from .origins import Origin
 from .overrides import ACTIONS, OverrideStore
 from .pool import Pool
+from .public import MAX_NOTICE
 from .runtime import Runtime
 
 __all__ = ["AdminHost", "build_admin", "client_address", "engine_status", "pool_status"]
@@ -67,6 +71,8 @@ class AdminHost(Protocol):
         """Re-read the config file and apply it if valid; the outcome (`last_reload`), or None
         when the proxy runs without a config file."""
         ...
+
+    def set_notice(self, text: str, pool: str | None) -> None: ...
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -106,6 +112,7 @@ def _plain(status: int, text: str, **headers: str) -> PlainTextResponse:
         403: "Forbidden",
         404: "Not Found",
         409: "Conflict",
+        413: "Content Too Large",
     }
     return PlainTextResponse(f"{status} {phrase[status]}: {text}\n", status, headers=headers)
 
@@ -285,6 +292,12 @@ def build_admin(app: AdminHost) -> Starlette:
             return _plain(409, "the proxy runs without a config file: there is nothing to reload")
         return JSONResponse(outcome, status_code=200 if outcome["result"] == "ok" else 422)
 
+    async def notice(request: Request) -> Response:
+        refusal = unauthorized(request)
+        if refusal is not None:
+            return refusal
+        return await _set_notice(app, request)
+
     async def not_found(request: Request) -> Response:
         known = ", ".join(
             f"{prefix}/{name}"
@@ -302,10 +315,46 @@ def build_admin(app: AdminHost) -> Starlette:
             Route(f"{prefix}/metrics", restricted(metrics), methods=["GET"]),
             Route(f"{prefix}/origins/{{name}}/{{action}}", restricted(override), methods=["POST"]),
             Route(f"{prefix}/reload", restricted(reload), methods=["POST"]),
+            Route(f"{prefix}/notice", restricted(notice), methods=["POST"]),
             Route(f"{prefix}/{{rest:path}}", not_found),
             Route(prefix, lambda request: RedirectResponse(f"{prefix}/")),
         ]
     )
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # newline and tab are fine
+_NOTICE_BODY = 4 * MAX_NOTICE + 1024  # bytes: room for escapes, never unbounded
+
+
+async def _set_notice(app: AdminHost, request: Request) -> Response:
+    """`POST {prefix}/notice` with `{"notice": "...", "pool": "..."}`; an empty notice clears
+    it; without `pool` it is the notice of every pool."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _NOTICE_BODY:
+            return _plain(413, f"the body is larger than {_NOTICE_BODY} bytes")
+    expected = 'expected a JSON object such as {"notice": "Maintenance until 14:00 UTC"}'
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return _plain(400, f"the body is not JSON; {expected}")
+    if not isinstance(data, dict) or not isinstance(data.get("notice"), str):
+        return _plain(400, f"{quote(data)} has no string 'notice'; {expected}")
+    unknown = sorted(set(data) - {"notice", "pool"})
+    if unknown:
+        return _plain(400, f"unknown keys {', '.join(map(quote, unknown))}; {expected}")
+    text: str = data["notice"].strip()
+    if len(text) > MAX_NOTICE:
+        return _plain(400, f"the notice has {len(text)} characters; at most {MAX_NOTICE}")
+    if _CONTROL.search(text):
+        return _plain(400, f"the notice {quote(text)} holds a control character")
+    pool = data.get("pool")
+    if pool is not None and pool not in app.runtime.pools:
+        known = ", ".join(app.runtime.pools)
+        return _plain(404, f"no pool named {quote(pool)} (known: {known})")
+    app.set_notice(text, pool)
+    return JSONResponse({"notice": text or None, "pool": pool})
 
 
 # -- status JSON ----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .admin import build_admin
 from .config import Settings, default_config_path, load_config
@@ -36,7 +36,9 @@ from .metrics import Metrics
 from .notify import Webhooks
 from .origins import Origin
 from .overrides import OverrideStore
+from .pages import MaintenancePage, load_page
 from .proxy import Proxy
+from .public import StatusBoard, build_public
 from .reload import Reloader
 from .resolver import HostAddresses, Resolver
 from .runtime import Runtime, build_runtime
@@ -94,6 +96,13 @@ class App:
             self.events.subscribe(self.fleet.event)
         self.runtime = self._runtime(settings, None)
         self.admin = build_admin(self)
+        # The public feed and its incident history outlive config reloads.
+        self.board = StatusBoard(lambda: self.runtime.pools, wall_clock(), settings.public.history)
+        self.events.subscribe(self.board.observe)
+        self.public: ASGIApp | None = None
+        if settings.public.enabled:
+            self.public = build_public(self.board, lambda: self.settings.public, wall_clock)
+        self.page: MaintenancePage | None = load_page(settings.pages.unavailable)
         self.apply_overrides()
         self.proxy = self._proxy(self.runtime)
         path = Path(config_path) if config_path else None
@@ -133,6 +142,9 @@ class App:
             self.admin,
             self.clock,
             self.metrics,
+            page=self.page,
+            board=self.board,
+            public=self.public,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -258,7 +270,7 @@ class App:
     def apply(self, settings: Settings, trigger: str = "reload") -> None:
         """Swap in a validated config."""
         old = self.settings
-        for key in ("listen", "admin", "fleet", "limits"):
+        for key in ("listen", "admin", "fleet", "limits", "events"):
             before, after = getattr(old, key), getattr(settings, key)
             if key == "admin":
                 before, after = before.prefix, after.prefix
@@ -270,6 +282,15 @@ class App:
                     before,
                     after,
                 )
+        if settings.public.enabled != old.public.enabled or (
+            settings.public.prefix != old.public.prefix
+        ):
+            logger.warning(
+                "public.enabled or public.prefix changed: it takes effect after a restart; "
+                "the rest of the new config is applied now."
+            )
+        self.board.resize(settings.public.history)
+        self.page = load_page(settings.pages.unavailable)
         previous = self.runtime
         runtime = self._runtime(settings, previous)
         self.resolver.configure(settings.dns)
@@ -345,6 +366,12 @@ class App:
         self.runtime.pool_of(origin).engine.override(origin, action, by)
         if self.fleet is not None:
             self.fleet.override(origin.name, entry)
+
+    def set_notice(self, text: str, pool: str | None) -> None:
+        """The operator's notice on the public feed and the maintenance page."""
+        self.board.set_notice(text, pool)
+        where = f"pool {pool}" if pool else "every pool"
+        logger.warning("Notice for %s %s.", where, f"set to {text!r}" if text else "cleared")
 
     def load_overrides(self) -> None:
         if self.overrides.load():

@@ -42,7 +42,7 @@ class Engine:
         self.outliers = {o.name: Outlier(settings.passive) for o in origins}
         self.next_probe_at: dict[str, float] = {}
         self.selector = Selector(origins, settings.failback, self._switched)
-        self.try_all = settings.all_down != "503"
+        self.try_all = settings.all_down not in ("503", "page")
         self.on_eject: Callable[[Origin, str], None] | None = None  # fleet mode shares these
         if previous is not None:
             self._inherit(previous)

@@ -33,12 +33,13 @@ from .health import ProbeResult, probe_loop
 from .logs import setup_logging
 from .metrics import Metrics
 from .notify import Webhooks
-from .origins import Origin
+from .origins import Flag, Origin
 from .overrides import OverrideStore
 from .proxy import Proxy
 from .reload import Reloader
 from .runtime import Runtime, build_runtime
 from .upstream import Upstream
+from .websocket import WebSockets
 
 __all__ = ["App", "create_app"]
 
@@ -79,6 +80,9 @@ class App:
             settings.proxy.max_connections_per_origin,
             self.metrics.resend if self.metrics else None,
         )
+        # Open WebSockets outlive config reloads: the registry belongs to the app.
+        self.websockets = WebSockets(self.metrics)
+        self.events.subscribe(self._websocket_drains)
         self.fleet = Fleet(self, settings.fleet, wall_clock) if settings.fleet else None
         if self.fleet is not None:
             self.events.subscribe(self.fleet.event)
@@ -123,6 +127,7 @@ class App:
             self.admin,
             self.clock,
             self.metrics,
+            self.websockets,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -178,6 +183,8 @@ class App:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # uvicorn has asked the WebSockets to close (1001) already; any still open go now.
+        await self.websockets.close()
         if self.metrics is not None:
             self.metrics.flush()  # with several workers, the last second's counts too
         if self.fleet is not None:
@@ -320,6 +327,16 @@ class App:
                 default = {"action": "enable", "by": "default"}
                 entry = self.overrides.entries.get(origin.name, default)
                 pool.engine.override(origin, entry["action"], str(entry.get("by", "?")))
+
+    def _websocket_drains(self, event: Event) -> None:
+        """A drained origin's WebSockets close with 1012 after `websocket.drain_timeout`."""
+        origin = self.runtime.origins.get(event.origin) if hasattr(self, "runtime") else None
+        if origin is None:
+            return
+        if Flag.DRAINED in origin.flags:
+            self.websockets.drained(origin.name, self.settings.websocket.drain_timeout)
+        else:
+            self.websockets.undrained(origin.name)
 
     # -- metrics ----------------------------------------------------------------------------
 

@@ -23,7 +23,11 @@ from websockets.http11 import Request, Response
 from failover.config import build_settings
 from failover.websocket import FrameTracker, close_frame
 from tests.conftest import RunningProxy, free_port, origin_config, proxy_config, wait_for
-from tests.helpers import AUTH, PREFIX, TOKEN, get_metrics, metric
+from tests.helpers import AUTH, PREFIX, TOKEN, get_metrics, metric, read_response, request_head
+from tests.helpers import connect as connect_raw
+
+MIB = 1024 * 1024
+FLOOD = 100  # MiB the origin sends when asked to flood
 
 
 @dataclass
@@ -40,6 +44,7 @@ class EchoOrigin:
     requests: list[Request] = field(default_factory=list)
     closes: list[tuple[int | None, str | None]] = field(default_factory=list)
     open: set[ServerConnection] = field(default_factory=set)
+    flooded: int = 0
 
     @property
     def url(self) -> str:
@@ -62,6 +67,11 @@ class EchoOrigin:
                     await ws.send(self.name)
                 elif message == "close-me":
                     await ws.close(4002, "origin says bye")
+                elif message == "flood":
+                    chunk = b"f" * MIB
+                    for _ in range(FLOOD):
+                        await ws.send(chunk)  # waits while the proxy does not take more
+                        self.flooded += 1
                 else:
                     await ws.send(message)
         except ConnectionClosed:
@@ -218,6 +228,27 @@ async def test_a_refused_or_503_handshake_fails_over_to_the_secondary(
     assert secondary.handshakes == 2
 
 
+async def test_a_slow_reader_slows_the_origin_down(echo: Any, make_proxy: Any) -> None:
+    origin = await echo("primary")
+    proxy = await make_proxy(proxy_config(origin_config("primary", origin, 0)))
+    await ready(proxy)
+    async with client(proxy, max_queue=1, compression=None) as ws:
+        await ws.send("flood")
+        progress: list[int] = []
+
+        def stalled() -> bool:
+            progress.append(origin.flooded)
+            return origin.flooded > 0 and progress[-5:] == [origin.flooded] * 5
+
+        await wait_for(stalled, timeout=5, every=0.1)
+        # What the kernel buffers hold, not the 100 MiB the origin wanted to send: the proxy
+        # stopped reading the origin while the client was not reading.
+        assert origin.flooded < FLOOD // 2
+        for _ in range(FLOOD):
+            assert len(await ws.recv()) == MIB
+        assert origin.flooded == FLOOD
+
+
 async def test_a_handshake_the_origin_refuses_is_relayed(echo: Any, make_proxy: Any) -> None:
     forbidding = await echo("primary", handshake_status=403)
     proxy = await make_proxy(
@@ -242,6 +273,24 @@ async def test_no_misleading_websocket_log_line(
             assert await ws.recv() == "x"
     assert "WebSocket library" not in caplog.text
     assert "Unsupported upgrade" not in caplog.text
+
+
+async def test_another_upgrade_is_ignored_and_the_connection_goes_on(
+    make_origin: Any, make_proxy: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    origin = await make_origin("primary")
+    proxy = await make_proxy(proxy_config(origin_config("primary", origin, 0)))
+    await ready(proxy)
+    h2c = [("Host", "site"), ("Connection", "Upgrade, HTTP2-Settings"), ("Upgrade", "h2c")]
+    with caplog.at_level(logging.INFO):
+        async with connect_raw(proxy.port) as (reader, writer):
+            # The second request arrives in the same read as the upgrade request.
+            writer.write(request_head("GET", "/echo", h2c) + request_head("GET", "/echo", h2c[:1]))
+            for _ in range(2):
+                response = await read_response(reader)
+                assert response.status == 200
+                assert response.get("x-failover-origin") == "primary"
+    assert "upgrade" not in caplog.text.lower()
 
 
 async def test_drain_closes_the_origins_websockets_with_1012(echo: Any, make_proxy: Any) -> None:

@@ -335,7 +335,7 @@ def main() -> None:
     if args.serve_relay:
         uvloop.run(serve_relay(*args.serve_relay))
         return
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     with tempfile.TemporaryDirectory(prefix="ws-bench-") as tmp:
         workdir = Path(tmp)
@@ -346,8 +346,11 @@ def main() -> None:
             procs.stop_all()
 
 
+SCRIPT = str(Path(__file__).resolve())
+
+
 async def run(procs: Processes, workdir: Path, args: argparse.Namespace) -> None:
-    me = [sys.executable, str(Path(__file__).resolve())]
+    me = [sys.executable, SCRIPT]
     origin_port = free_port()
     origin = procs.start(
         "origin", f"http://127.0.0.1:{origin_port}", [*me, "--serve-origin", str(origin_port)]

@@ -194,7 +194,7 @@ class _Side(asyncio.Protocol):
         self.bytes += len(data)
         frames = self.frames
         out = frames.feed(data)
-        if out:
+        if out and not self.other.lost:
             self.other.transport.write(out)
         if frames.close_seen and not tunnel.closed_by:
             tunnel.closed_by = "client" if self is tunnel.client_side else "origin"

@@ -275,6 +275,49 @@ async def test_no_misleading_websocket_log_line(
     assert "Unsupported upgrade" not in caplog.text
 
 
+async def test_bytes_sent_with_the_handshake_or_the_101_are_not_lost(
+    raw_origin: Any, make_proxy: Any
+) -> None:
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, origin: Any
+    ) -> None:
+        await origin.read_request(reader)
+        # The 101 and a first frame in one write; then echo the client's first frame.
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n" + frame(1, b"welcome")
+        )
+        first = await reader.readexactly(len(frame(1, b"early", mask=True)))
+        writer.write(first)
+        await writer.drain()
+        await reader.read()
+
+    origin = await raw_origin(script)
+    proxy = await make_proxy(
+        proxy_config(origin_config("primary", origin.url, 0), health={"enabled": False})
+    )
+    handshake = request_head(
+        "GET",
+        "/chat",
+        [
+            ("Host", "site"),
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "13"),
+        ],
+    )
+    early = frame(1, b"early", mask=True)
+    async with connect_raw(proxy.port) as (reader, writer):
+        writer.write(handshake + early)  # a frame before the 101: allowed to a client
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert b"upgrade: websocket" in head.lower()
+        assert await reader.readexactly(len(frame(1, b"welcome"))) == frame(1, b"welcome")
+        assert await reader.readexactly(len(early)) == early  # the origin's echo, as it came
+    assert b"upgrade: websocket" in origin.requests[0].lower()
+
+
 async def test_another_upgrade_is_ignored_and_the_connection_goes_on(
     make_origin: Any, make_proxy: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

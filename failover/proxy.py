@@ -29,11 +29,11 @@ from .listener import DISCONNECT_EXTENSION, UPGRADE_EXTENSION
 from .metrics import Metrics
 from .origins import Origin
 from .pool import Pool
-from .retry import BodyRejected, ClientGone, RequestBody, RetryPlan
+from .retry import BodyRejected, ClientGone, RequestBody, RetryPlan, RetryPolicy
 from .router import Match, Router
 from .stale import StaleCache, Tee
 from .upstream import BODY_ERRORS, Upstream, UpstreamResponse, broken
-from .websocket import Tunnel, UpgradeAttempts, WebSockets, access_fields
+from .websocket import Tunnel, UpgradeAttempts, WebSockets, access_fields, handshake_policy
 
 __all__ = ["Proxy", "ResponseAborted"]
 
@@ -80,6 +80,7 @@ class Proxy:
         self.max_body = settings.limits.max_body_bytes
         self.websockets = WebSockets(metrics) if websockets is None else websockets
         self.upgrade_attempts = UpgradeAttempts(upstream, clock, metrics)
+        self.handshake_policies: dict[str, RetryPolicy] = {}  # by pool, built on first use
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -216,8 +217,11 @@ class Proxy:
         started = self.clock()
         deadline_at = None if pool.request_timeout is None else started + pool.request_timeout
         method = scope["method"]
+        policy = self.handshake_policies.get(pool.name)
+        if policy is None:
+            policy = self.handshake_policies[pool.name] = handshake_policy(pool.config.retry)
         plan = RetryPlan(
-            pool.policy, pool.budget, pool.engine.next_after, method, None, False, deadline_at
+            policy, pool.budget, pool.engine.next_after, method, None, False, deadline_at
         )
         headers = [*headers, ("Connection", "Upgrade"), ("Upgrade", "websocket")]
         exchange = Exchange(pool, plan, method, match.path, headers, client_host, None)

@@ -39,8 +39,10 @@ from typing import Any
 
 from . import h1
 from .attempts import Attempts, Exchange
+from .config import RetryConfig
 from .metrics import Metrics
 from .origins import Origin
+from .retry import RetryPolicy
 from .upstream import UpstreamResponse, map_error
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "UpgradeAttempts",
     "WebSockets",
     "close_frame",
+    "handshake_policy",
 ]
 
 logger = logging.getLogger("failover.websocket")
@@ -447,6 +450,17 @@ class WebSockets:
         except TimeoutError:
             for tunnel in [t for tunnels in self.by_origin.values() for t in tunnels]:
                 tunnel.abort()
+
+
+def handshake_policy(config: RetryConfig) -> RetryPolicy:
+    """A pool's retry policy for WebSocket handshakes: until an origin has answered 101
+    nothing has happened there, so a connect failure, a reset, a timeout and every 5xx move
+    the handshake to the next origin, within `retry.attempts`."""
+    policy = RetryPolicy(config)
+    policy.conditions = frozenset({"connect-failure", "reset", "timeout"})
+    policy.statuses = policy.statuses | frozenset(range(500, 600))
+    policy.methods = policy.methods | {"GET"}
+    return policy
 
 
 class UpgradeAttempts(Attempts):

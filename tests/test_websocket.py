@@ -227,6 +227,19 @@ async def test_a_refused_or_503_handshake_fails_over_to_the_secondary(
     assert len(busy.requests) == 1 and busy.handshakes == 0
     assert secondary.handshakes == 2
 
+    # Any 5xx to a handshake moves it on (500 is not in the default retry.on).
+    broken = await echo("broken", handshake_status=500)
+    proxy = await make_proxy(
+        proxy_config(
+            origin_config("primary", broken, 0),
+            origin_config("secondary", secondary, 1),
+            health={"enabled": False},
+        )
+    )
+    async with client(proxy) as ws:
+        assert ws.response.headers["X-Failover-Attempts"].startswith("primary;500")
+    assert secondary.handshakes == 3
+
 
 async def test_a_slow_reader_slows_the_origin_down(echo: Any, make_proxy: Any) -> None:
     origin = await echo("primary")

@@ -34,7 +34,7 @@ from .health import ProbeResult, probe_loop
 from .logs import setup_logging
 from .metrics import Metrics
 from .notify import Webhooks
-from .origins import Origin
+from .origins import Flag, Origin
 from .overrides import OverrideStore
 from .pages import MaintenancePage, load_page
 from .proxy import Proxy
@@ -43,6 +43,7 @@ from .reload import Reloader
 from .resolver import HostAddresses, Resolver
 from .runtime import Runtime, build_runtime
 from .upstream import Upstream
+from .websocket import WebSockets
 
 __all__ = ["App", "create_app"]
 
@@ -91,6 +92,9 @@ class App:
             self.metrics.dns if self.metrics else None,
         )
         self.upstream.resolver = self.resolver
+        # Open WebSockets outlive config reloads: the registry belongs to the app.
+        self.websockets = WebSockets(self.metrics)
+        self.events.subscribe(self._websocket_drains)
         self.fleet = Fleet(self, settings.fleet, wall_clock) if settings.fleet else None
         if self.fleet is not None:
             self.events.subscribe(self.fleet.event)
@@ -142,6 +146,7 @@ class App:
             self.admin,
             self.clock,
             self.metrics,
+            self.websockets,
             page=self.page,
             board=self.board,
             public=self.public,
@@ -201,6 +206,8 @@ class App:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # uvicorn has asked the WebSockets to close (1001) already; any still open go now.
+        await self.websockets.close()
         if self.metrics is not None:
             self.metrics.flush()  # with several workers, the last second's counts too
         if self.fleet is not None:
@@ -383,6 +390,16 @@ class App:
                 default = {"action": "enable", "by": "default"}
                 entry = self.overrides.entries.get(origin.name, default)
                 pool.engine.override(origin, entry["action"], str(entry.get("by", "?")))
+
+    def _websocket_drains(self, event: Event) -> None:
+        """A drained origin's WebSockets close with 1012 after `websocket.drain_timeout`."""
+        origin = self.runtime.origins.get(event.origin) if hasattr(self, "runtime") else None
+        if origin is None:
+            return
+        if Flag.DRAINED in origin.flags:
+            self.websockets.drained(origin.name, self.settings.websocket.drain_timeout)
+        else:
+            self.websockets.undrained(origin.name)
 
     # -- metrics ----------------------------------------------------------------------------
 

@@ -59,6 +59,8 @@ class Exchange:
 
 
 class Attempts:
+    hedges = True  # whether a pool's `hedge_after` applies (not to a WebSocket handshake)
+
     def __init__(
         self,
         upstream: Upstream,
@@ -76,6 +78,7 @@ class Attempts:
             pool.hedge_after is not None
             and exchange.body is None
             and exchange.method in _HEDGED_METHODS
+            and self.hedges
         )
         while True:
             plan.tried.append(origin)

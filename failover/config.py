@@ -539,6 +539,14 @@ class StaleConfig(_Block):
     max_age: Duration = 3600.0
 
 
+class WebSocketConfig(_Block):
+    """WebSocket connections passed through (see README, WebSocket and streaming)."""
+
+    idle_timeout: Duration = 600.0  # no frame either way for this long: closed with 1001
+    max_message_bytes: int | None = Field(64 * 1024 * 1024, ge=1, le=1 << 40)  # 1009 past it
+    drain_timeout: ZeroDuration = 30.0  # after an origin is drained: its sockets close (1012)
+
+
 class MetricsConfig(_Block):
     enabled: bool = True
 
@@ -857,6 +865,7 @@ class Settings(BaseSettings):
     fleet: FleetConfig | None = None
     dns: DnsConfig = DnsConfig()
     all_down: AllDown = "try-all"
+    websocket: WebSocketConfig = WebSocketConfig()
     shutdown_timeout: Duration = 30.0
 
     @classmethod

@@ -189,9 +189,30 @@ class Response:
             self.content._conn = None
             conn.finish(reuse=False)
 
+    def detach(self) -> tuple[asyncio.Transport, bytes] | None:
+        """After a 101 to an upgrade request: take the connection out of its pool and return
+        its transport (not being read) and the bytes that followed the 101's head; None if the
+        origin closed it already."""
+        conn = self.content._conn
+        if conn is None:
+            return None
+        self.content._conn = None
+        conn.active = False
+        conn.pool._drop(conn)
+        if conn.closed or conn.eof or conn.transport is None or conn.transport.is_closing():
+            conn.close()
+            return None
+        return conn.transport, conn.upgraded
+
 
 class Connection(asyncio.Protocol):
     """One connection to the origin and the state of the exchange it carries."""
+
+    # Set by the one caller that sends an upgrade request (failover.websocket): a 101 is then
+    # the final response, the connection stops being read, and `upgraded` holds what came
+    # after the 101's head. Never reused afterwards.
+    upgrade = False
+    upgraded = b""
 
     def __init__(self, pool: Pool, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
@@ -402,8 +423,12 @@ class Connection(asyncio.Protocol):
             self.head_size = self.head_bytes
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self.fail(InvalidResponse("the origin switched protocols"))
+        except httptools.HttpParserUpgrade as upgraded:
+            if self.upgrade and self.headers_done and self.transport is not None:
+                self.upgraded = data[upgraded.args[0] :]
+                self.transport.pause_reading()  # the tunnel reads on
+            else:
+                self.fail(InvalidResponse("the origin switched protocols"))
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__  # what a callback of ours raised
             self.fail(cause if isinstance(cause, InvalidResponse) else InvalidResponse(str(exc)))
@@ -470,9 +495,9 @@ class Connection(asyncio.Protocol):
         status = parser.get_status_code()
         if not 100 <= status <= 599:
             raise InvalidResponse(f"invalid status {status:03d}")
-        if status < 200:
-            # 1xx interim response (100 Continue, 103 Early Hints): skipped. A 101 ends in
-            # HttpParserUpgrade, which fails the exchange.
+        if status < 200 and not (status == 101 and self.upgrade):
+            # 1xx interim response (100 Continue, 103 Early Hints): skipped. A 101 that no
+            # upgrade asked for ends in HttpParserUpgrade, which fails the exchange.
             self.interim = True
             self.headers = []
             self.head_size = 0

@@ -15,6 +15,11 @@ connection only after a response. `LimitedHttpToolsProtocol` adds, per connectio
   the client's connection is lost while the request's response is not complete, and when it
   returns True the request's task is cancelled (ASGI 2.3 tells an app of a disconnect only
   when it calls `receive()`).
+- the `failover.upgrade` extension, only in the scope of a request that asks to upgrade to
+  WebSocket: `scope["extensions"]["failover.upgrade"]["accept"](head)` writes the 101 head,
+  hands the connection over and returns its transport (not being read) with the bytes the
+  client sent after its request; uvicorn's own WebSocket support stays off (`ws="none"`). A
+  handshake answered otherwise closes the connection after the response.
 
 Every cut is counted by reason and logged at most once a second (`ClosedConnections`). The
 timers are `loop.call_later` handles: the header timer is armed only when a read leaves a
@@ -50,6 +55,7 @@ from .config import LimitsConfig, Settings
 
 __all__ = [
     "DISCONNECT_EXTENSION",
+    "UPGRADE_EXTENSION",
     "ClosedConnections",
     "HttpProtocolFactory",
     "LimitedHttpToolsProtocol",
@@ -66,6 +72,9 @@ logger = logging.getLogger("failover.listener")
 FD_HEADROOM = 64
 # The scope["extensions"] key under which a request can ask to hear of its client leaving.
 DISCONNECT_EXTENSION = "failover.disconnect"
+# The scope["extensions"] key present only in a WebSocket handshake's scope (see
+# `LimitedHttpToolsProtocol._accept_upgrade`).
+UPGRADE_EXTENSION = "failover.upgrade"
 # After a refusal: how long the client may go on sending before the connection closes (what
 # it sends is read and dropped).
 LINGER = 2.0
@@ -317,6 +326,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._task: asyncio.Task[None] | None = None  # the request's
         self._lingering = False  # a refusal was sent: what the client still sends is dropped
         self._linger_timer: asyncio.TimerHandle | None = None
+        self._upgrading = False  # the request in progress asks to upgrade to WebSocket
+        self._upgraded = b""  # what the client sent after that request's head
         # ASGI extensions are dicts; this one holds the function to register with.
         self._extensions: dict[str, dict[object, object]] = {
             DISCONNECT_EXTENSION: {"watch": self._watch_disconnect}
@@ -442,8 +453,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if data:
             try:  # _feed, inlined: this is the path of every request
                 self.parser.feed_data(data)
-            except httptools.HttpParserUpgrade:
-                self._upgrade()
+            except httptools.HttpParserUpgrade as upgrade:
+                self._upgrade(data, upgrade.args[0])
             except httptools.HttpParserError:
                 self._invalid()
         if self._header_timer is None and not self._refused:
@@ -487,16 +498,40 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._upgrade()
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgrade(data, upgrade.args[0])
         except httptools.HttpParserError:
             self._invalid()
 
-    def _upgrade(self) -> None:
-        if self._should_upgrade():
-            self.handle_websocket_upgrade()
-        else:
-            self._unsupported_upgrade_warning()
+    def _upgrade(self, data: bytes, offset: int) -> None:
+        """The parser stopped after a request that asks to upgrade. A WebSocket handshake
+        waits for the app (`_accept_upgrade`) with reading paused; any other upgrade is
+        ignored (RFC 9110 section 7.8), the request served as it is and parsing goes on."""
+        rest = data[offset:]
+        if self._upgrading:
+            self._upgraded += rest
+            self.transport.pause_reading()
+        elif rest:
+            self._feed(rest)
+
+    def _accept_upgrade(
+        self, head: bytes, tunnel: object
+    ) -> tuple[asyncio.Transport, bytes, set[Any]]:
+        """The `failover.upgrade` extension's `accept`: write the 101 `head`, stop serving
+        HTTP on this connection and hand it over. Returns the transport (reading paused),
+        what the client sent after its request, and uvicorn's set of connections, in which
+        `tunnel` (an object with a `shutdown()` method) takes this protocol's place."""
+        self.transport.write(head)
+        self.connections.discard(self)
+        self.connections.add(tunnel)  # type: ignore[arg-type]
+        self._on_lost = None
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
+        cycle = self.cycle
+        cycle.response_started = cycle.response_complete = True
+        rest, self._upgraded = self._upgraded, b""
+        return self.transport, rest, self.connections
 
     def _invalid(self) -> None:
         """The parser stopped: a limit refused the head, or the bytes are not HTTP."""
@@ -554,8 +589,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.scope["method"] = method.decode("ascii")
         if http_version != "1.1":
             self.scope["http_version"] = http_version
-        if self.parser.should_upgrade() and self._should_upgrade():
-            return
+        upgrading = self._upgrading = (
+            self.parser.should_upgrade() and self._get_upgrade() == b"websocket"
+        )
+        if upgrading:
+            self.scope["extensions"] = {
+                **self._extensions,
+                UPGRADE_EXTENSION: {"accept": self._accept_upgrade},
+            }
         parsed_url = httptools.parse_url(self.url)
         raw_path = parsed_url.path
         path = raw_path.decode("ascii")
@@ -581,7 +622,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             default_headers=self.server_state.default_headers,
             message_event=asyncio.Event(),
             expect_100_continue=self.expect_100_continue,
-            keep_alive=http_version != "1.0" and self.parser.should_keep_alive(),
+            keep_alive=http_version != "1.0" and self.parser.should_keep_alive() and not upgrading,
             on_response=self.on_response_complete,
         )
         if existing_cycle is None or existing_cycle.response_complete:
@@ -593,7 +634,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._in_body = False
         cycle = self.cycle
-        if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
+        if cycle.response_complete:
             return
         cycle.more_body = False
         cycle.message_event.set()

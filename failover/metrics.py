@@ -138,6 +138,20 @@ class Metrics:
             ["host"],
             registry=r,
         )
+        self.websockets_open = Gauge(
+            "failover_websockets_open",
+            "WebSocket connections open, by the origin they are joined to.",
+            ["pool", "origin"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.websocket_handshakes = Counter(
+            "failover_websocket_handshakes",
+            "WebSocket handshakes, by result: 101, the status the client got otherwise, or "
+            "499 when the client left first.",
+            ["pool", "result"],
+            registry=r,
+        )
         self.webhook_drops = Counter(
             "failover_webhook_dropped",
             "Webhook notifications given up on.",

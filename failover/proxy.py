@@ -25,16 +25,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .attempts import Attempts, Exchange
 from .config import Settings
 from .headers import request_headers, request_target, response_headers
-from .listener import DISCONNECT_EXTENSION
+from .listener import DISCONNECT_EXTENSION, UPGRADE_EXTENSION
 from .metrics import Metrics
 from .origins import Origin
 from .pages import MaintenancePage
 from .pool import Pool
 from .public import StatusBoard, iso
-from .retry import BodyRejected, ClientGone, RequestBody, RetryPlan
-from .router import Router
+from .retry import BodyRejected, ClientGone, RequestBody, RetryPlan, RetryPolicy
+from .router import Match, Router
 from .stale import StaleCache, Tee
 from .upstream import BODY_ERRORS, Upstream, UpstreamResponse, broken
+from .websocket import Tunnel, UpgradeAttempts, WebSockets, access_fields, handshake_policy
 
 __all__ = ["Proxy", "ResponseAborted"]
 
@@ -64,6 +65,7 @@ class Proxy:
         admin: ASGIApp,
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
+        websockets: WebSockets | None = None,
         *,
         page: MaintenancePage | None = None,
         board: StatusBoard | None = None,
@@ -89,6 +91,9 @@ class Proxy:
         self.access_log = settings.log.access
         self.body_timeout = settings.limits.body_timeout
         self.max_body = settings.limits.max_body_bytes
+        self.websockets = WebSockets(metrics) if websockets is None else websockets
+        self.upgrade_attempts = UpgradeAttempts(upstream, clock, metrics)
+        self.handshake_policies: dict[str, RetryPolicy] = {}  # by pool, built on first use
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -135,6 +140,11 @@ class Proxy:
             await _plain(send, 413, reason, [(b"connection", b"close")])
             return
         pool = self.pools[match.route.pool]
+        extensions = scope.get("extensions", _NO_EXTENSIONS)
+        upgrade = extensions.get(UPGRADE_EXTENSION)
+        if upgrade is not None:
+            await self._upgrade(scope, send, pool, match, headers, client_host, extensions)
+            return
         body = None
         if length != 0:
             body = RequestBody(receive, pool.max_buffered, self.body_timeout, max_body)
@@ -151,7 +161,7 @@ class Proxy:
         )
         exchange = Exchange(pool, plan, scope["method"], match.path, headers, client_host, body)
         exchange.host_header, exchange.mount = match.route.host_header, match.stripped
-        disconnect = scope.get("extensions", _NO_EXTENSIONS).get(DISCONNECT_EXTENSION)
+        disconnect = extensions.get(DISCONNECT_EXTENSION)
         if disconnect is not None:
             disconnect["watch"](exchange.client_left)
         pool.budget.active += 1
@@ -209,6 +219,122 @@ class Proxy:
             await _plain(send, exchange.status, f"no origin answered ({reasons})", extra)
             return
         await self._stream(scope, send, origin, response, exchange, extra)
+
+    async def _upgrade(
+        self,
+        scope: Scope,
+        send: Send,
+        pool: Pool,
+        match: Match,
+        headers: list[tuple[str, str]],
+        client_host: str | None,
+        extensions: Mapping[str, Any],
+    ) -> None:
+        """A WebSocket handshake (failover.websocket): sent to the pool like any request until
+        an origin answers 101; then the client's connection is joined to that origin's. Any
+        other answer is relayed, and the client's connection closes after it."""
+        started = self.clock()
+        deadline_at = None if pool.request_timeout is None else started + pool.request_timeout
+        method = scope["method"]
+        policy = self.handshake_policies.get(pool.name)
+        if policy is None:
+            policy = self.handshake_policies[pool.name] = handshake_policy(pool.config.retry)
+        plan = RetryPlan(
+            policy, pool.budget, pool.engine.next_after, method, None, False, deadline_at
+        )
+        headers = [*headers, ("Connection", "Upgrade"), ("Upgrade", "websocket")]
+        exchange = Exchange(pool, plan, method, match.path, headers, client_host, None)
+        exchange.host_header, exchange.mount = match.route.host_header, match.stripped
+        accept = extensions[UPGRADE_EXTENSION]["accept"]
+        disconnect = extensions.get(DISCONNECT_EXTENSION)
+        if disconnect is not None:
+            disconnect["watch"](exchange.client_left)
+        pool.budget.active += 1
+        tunneled = False
+        try:
+            origin = pool.engine.pick()
+            if origin is None:
+                if pool.all_down == "503" or pool.all_down == "page":
+                    exchange.status = 503
+                    await self._all_down(scope, send, pool)
+                    return
+                origin = pool.engine.next_after([])
+                assert origin is not None
+            origin, response, result = await self.upgrade_attempts.run(exchange, origin)
+            extra = _extra_headers(exchange)
+            if response is None:
+                exchange.status = _ERROR_STATUS.get(result, 502)
+                reasons = "; ".join(exchange.failures)
+                await _plain(send, exchange.status, f"no origin answered ({reasons})", extra)
+                return
+            if response.status != 101:
+                response.content._conn.keep_alive = False  # type: ignore[union-attr]
+                await self._stream(scope, send, origin, response, exchange, extra)
+                return
+            tunneled = self._join(scope, exchange, origin, response, accept, extra)
+        except ClientGone:
+            exchange.status = exchange.status or CLIENT_GONE
+        except asyncio.CancelledError:
+            if not exchange.gone:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            exchange.status = exchange.status or CLIENT_GONE
+        finally:
+            exchange.active = False
+            pool.budget.active -= 1
+            exchange.plan.finish()
+            duration = self.clock() - started
+            if self.metrics is not None:
+                self.metrics.request(pool.name, exchange.origin, exchange.status, duration)
+                self.metrics.websocket_handshakes.labels(pool.name, str(exchange.status)).inc()
+            if self.access_log and not tunneled:
+                _log_access(scope, exchange, duration)
+
+    def _join(
+        self,
+        scope: Scope,
+        exchange: Exchange,
+        origin: Origin,
+        response: UpstreamResponse,
+        accept: Callable[..., tuple[asyncio.Transport, bytes, set[Any]]],
+        extra: list[tuple[bytes, bytes]],
+    ) -> bool:
+        """Relay the origin's 101 and join the two connections; False if the origin's
+        connection was gone already (the client's is closed then)."""
+        pool = exchange.pool
+        headers = response_headers(
+            response.raw_headers,
+            101,
+            self.via_header,
+            None,
+            scope.get("scheme", "http"),
+            exchange.client_host,
+            exchange.mount,
+        )
+        exchange.status, exchange.origin = 101, origin.name
+        detached = response.detach()
+        if detached is None:
+            exchange.status = 502
+            exchange.failures.append(f"{origin.name}: closed the connection after its 101")
+            return False
+        upstream, origin_early = detached
+        parts = [
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n"
+        ]
+        if pool.origin_header:
+            headers.append((b"x-failover-origin", origin.name_header))
+        headers.extend(extra)
+        for name, value in headers:
+            parts += [name, b": ", value, b"\r\n"]
+        parts.append(b"\r\n")
+        config = self.settings.websocket
+        log = access_fields(scope.get("client"), exchange) if self.access_log else None
+        tunnel = Tunnel(
+            self.websockets, upstream, origin, config.idle_timeout, config.max_message_bytes, log
+        )
+        client, client_early, connections = accept(b"".join(parts), tunnel)
+        tunnel.start(client, client_early, origin_early, connections)
+        return True
 
     async def _serve_stale(self, scope: Scope, send: Send, exchange: Exchange) -> bool:
         """Answer with a stored copy if one may be served; say whether it did."""

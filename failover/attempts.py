@@ -70,6 +70,8 @@ class Attempts:
         self.upstream = upstream
         self.clock = clock
         self.metrics = metrics
+        # What sends one attempt (`Upstream.open`'s signature); a subclass may send otherwise.
+        self.open = upstream.open
 
     async def run(self, exchange: Exchange, origin: Origin) -> Outcome:
         """Try `origin`, then the next ones as the plan allows; the last outcome stands."""
@@ -118,7 +120,7 @@ class Attempts:
             # response came before the body ended).
             deadline = _first_byte_after_body(body, first_byte)
         try:
-            response = await self.upstream.open(
+            response = await self.open(
                 origin,
                 exchange.method,
                 exchange.target,

@@ -722,11 +722,13 @@ class Pool:
             if self.on_resend is not None:
                 self.on_resend()
             # The origin had closed the idle connection: the same slot, a new connection.
+            upgrade = conn.upgrade
             try:
                 conn = await self._connect(loop)
             except BaseException:
                 self._free_slot()
                 raise
+            conn.upgrade = upgrade
 
     async def close(self) -> None:
         """Close every connection, idle or in use; requests waiting for one fail."""

@@ -34,7 +34,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable, Iterable
 from typing import Any
 
 from . import h1
@@ -43,7 +43,7 @@ from .config import RetryConfig
 from .metrics import Metrics
 from .origins import Origin
 from .retry import RetryPolicy
-from .upstream import UpstreamResponse, map_error
+from .upstream import Upstream, UpstreamResponse, map_error
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -469,21 +469,32 @@ class UpgradeAttempts(Attempts):
 
     hedges = False
 
-    async def _attempt(self, origin: Origin, exchange: Exchange, now: float) -> UpstreamResponse:
-        host = exchange.host_header or (exchange.client_host if origin.preserve_host else None)
-        first_byte = exchange.pool.first_byte
-        remaining = exchange.plan.remaining(now)
-        if remaining is not None:
-            first_byte = min(first_byte, remaining)
+    def __init__(
+        self,
+        upstream: Upstream,
+        clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
+    ) -> None:
+        super().__init__(upstream, clock, metrics)
+        self.open = self._open_upgrade
+
+    async def _open_upgrade(
+        self,
+        origin: Origin,
+        method: str,
+        target: str,
+        headers: Iterable[tuple[str, str]],
+        body: AsyncIterable[bytes] | None,
+        first_byte: float,
+        deadline: asyncio.Timeout | None = None,
+    ) -> UpstreamResponse:
+        """`Upstream.open` for a handshake: the connection is told that a 101 may end it."""
         pool: h1.Pool = origin.pool
-        headers = [("Host", host or origin.host_header), *exchange.headers]
         try:
             conn = pool.idle_connection() or await pool.acquire()
             conn.upgrade = True
-            async with asyncio.timeout(first_byte):
-                return await pool.send(
-                    conn, exchange.method, pool.prefix + exchange.target, headers
-                )
+            async with deadline or asyncio.timeout(first_byte):
+                return await pool.send(conn, method, pool.prefix + target, headers, body)
         except (OSError, TimeoutError, h1.PoolFull) as exc:
             raise map_error(exc, first_byte) from exc
 

@@ -26,6 +26,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from .admin import build_admin
 from .config import Settings, default_config_path, load_config
+from .drills import Drills
 from .engine import Engine
 from .events import Event, EventLog
 from .fleet import Fleet, origin_key
@@ -83,6 +84,7 @@ class App:
         if self.fleet is not None:
             self.events.subscribe(self.fleet.event)
         self.runtime = self._runtime(settings, None)
+        self.drills = Drills(self, clock, wall_clock)
         self.admin = build_admin(self)
         self.apply_overrides()
         self.proxy = self._proxy(self.runtime)
@@ -157,6 +159,7 @@ class App:
             self.upstream.add(origin)
         self._start_probes()
         self.spawn(self._housekeeping(), "housekeeping")
+        self.spawn(self.drills.run(), "drills")
         if self.webhooks is not None:
             self.spawn(self.webhooks.run(), "webhooks")
         if self.reloader.config_path is not None or self.reloader.state_file is not None:

@@ -105,6 +105,7 @@ class Fleet:
         self.stream = f"{prefix}events"
         self.overrides_key = f"{prefix}overrides"
         self.lease_prefix = f"{prefix}lease:"
+        self.drill_prefix = f"{prefix}drill:"
         self.redis: aioredis.Redis = aioredis.from_url(
             config.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
         )
@@ -180,6 +181,28 @@ class Fleet:
             self._lost(exc)
             return None
         return [json.loads(fields[b"event"]) for _, fields in entries or []]
+
+    async def lock_drill(self, pool: str, ttl: float) -> bool | None:
+        """Take the fleet's drill lock of `pool` (SET NX with an expiry): True when taken,
+        False when another process holds it, None when Redis is out of reach."""
+        if not self.connected:
+            return None
+        try:
+            taken = await self.redis.set(
+                self.drill_prefix + pool, self.id, nx=True, px=int(ttl * 1000)
+            )
+        except (RedisError, OSError) as exc:
+            self._lost(exc)
+            return None
+        return bool(taken)
+
+    async def unlock_drill(self, pool: str) -> None:
+        key = self.drill_prefix + pool
+        try:
+            if await self.redis.get(key) == self.id.encode():
+                await self.redis.delete(key)
+        except (RedisError, OSError) as exc:
+            self._lost(exc)
 
     # -- background -------------------------------------------------------------------------
 

@@ -300,7 +300,7 @@ async def test_a_drill_passes_and_is_reported(make_origin: Any, make_proxy: Any)
         assert origin_in(during, "primary")["flags"] == ["drill"]  # type: ignore[index]
 
         async def finished() -> bool:
-            return (await drill_report(proxy, drill_id))["state"] != "running"
+            return bool((await drill_report(proxy, drill_id))["state"] != "running")
 
         await wait_for(finished, timeout=5)
         report = await drill_report(proxy, drill_id)
@@ -343,7 +343,7 @@ async def test_a_drill_aborts_within_a_second_when_the_secondary_fails(
         drills = proxy.app.drills
 
         def aborted() -> bool:
-            return drills.reports[drill_id].state == "aborted"
+            return bool(drills.reports[drill_id].state == "aborted")
 
         await wait_for(aborted, timeout=1.0)  # the deadline is the requirement
         origin = proxy.app.runtime.origins["primary"]

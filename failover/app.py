@@ -85,6 +85,8 @@ class App:
             self.events.subscribe(self.fleet.event)
         self.runtime = self._runtime(settings, None)
         self.drills = Drills(self, clock, wall_clock)
+        if self.fleet is not None:
+            self.fleet.on_drill = self.drills.remote
         self.admin = build_admin(self)
         self.apply_overrides()
         self.proxy = self._proxy(self.runtime)

@@ -60,6 +60,7 @@ MAX_REPORTS = 50  # drills kept in memory
 MAX_TIMELINE = 1000  # entries in a drill's timeline
 MAX_RECENT = 20_000  # attempts kept for the judgement (the oldest go first)
 DAY = 86400.0
+LOCK_MARGIN = 30.0  # seconds a fleet drill's lock and drain outlive its duration, at most
 
 
 # -- the schedule (pure) --------------------------------------------------------------------
@@ -399,6 +400,7 @@ class Drills:
         self.last_served: dict[tuple[str, str], float] = {}
         self.last_passed: dict[tuple[str, str], float] = {}
         self.schedules: dict[str, Schedule] = {}
+        self.remote_until: dict[tuple[str, str], float] = {}  # other processes' drills
 
     # -- starting ---------------------------------------------------------------------------
 
@@ -411,6 +413,12 @@ class Drills:
         running = self.running.get(pool_name)
         if running is not None:
             raise DrillRefused(f"drill {running.id} is already running in pool {pool_name!r}")
+        remote = [key for key in self.remote_until if key[0] == pool_name]
+        if remote:
+            raise DrillRefused(
+                f"a drill of pool {pool_name!r} is already running in another process of the "
+                f"fleet (it drains {remote[0][1]})"
+            )
         usable = [o for o in pool.origins if o.usable]
         if len(usable) < 2:
             names = ", ".join(o.name for o in usable) or "none"
@@ -426,7 +434,7 @@ class Drills:
         fleet = self.host.fleet
         locked = False
         if fleet is not None:
-            got = await fleet.lock_drill(pool_name, request.duration + 30.0)
+            got = await fleet.lock_drill(pool_name, request.duration + LOCK_MARGIN)
             if got is False:
                 raise DrillRefused(
                     f"a drill of pool {pool_name!r} is already running in another process "
@@ -473,6 +481,11 @@ class Drills:
             engine.set_flag(origin, Flag.DRILL, True, "drill", f"drained by drill {drill.id}")
             engine.observer = watch
             drill.note(self.clock(), "drained", origin=origin.name)
+            if locked and self.host.fleet is not None:
+                until = drill.started_at + request.duration + LOCK_MARGIN
+                await asyncio.wait_for(
+                    self.host.fleet.drill(pool.name, origin.name, drill.id, True, until), 2.0
+                )
             reason = await self._watch(drill, pool, watch, wake)
         except Exception as exc:
             reason = f"the drill failed: {type(exc).__name__}: {exc}"
@@ -491,7 +504,11 @@ class Drills:
             self._finished(drill, pool, origin)
             if locked and self.host.fleet is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.host.fleet.unlock_drill(pool.name), 2.0)
+                    fleet = self.host.fleet
+                    await asyncio.wait_for(
+                        fleet.drill(pool.name, origin.name, drill.id, False, 0.0), 2.0
+                    )
+                    await asyncio.wait_for(fleet.unlock_drill(pool.name), 2.0)
 
     async def _watch(
         self, drill: Drill, pool: Pool, watch: Watch, wake: asyncio.Event
@@ -566,6 +583,7 @@ class Drills:
     async def tick(self) -> None:
         now, wall = self.clock(), self.wall_clock()
         metrics = self.host.metrics
+        self._expire_remote(wall)
         for pool in self.host.runtime.pools.values():
             for origin in pool.origins:
                 total, failures, _ = pool.engine.outliers[origin.name].window(now)
@@ -595,6 +613,35 @@ class Drills:
             self.host.events.emit(
                 "drill-skipped", "-", "", "", f"scheduled drill not started: {exc}", pool.name
             )
+
+    def remote(self, message: dict[str, Any]) -> None:
+        """Another process of the fleet started or ended a drill (see failover.fleet)."""
+        pool = self.host.runtime.pools.get(str(message.get("pool")))
+        origin = pool.engine.by_name.get(str(message.get("origin"))) if pool else None
+        if pool is None or origin is None:
+            return
+        key, on = (pool.name, origin.name), bool(message.get("on"))
+        if on:
+            self.remote_until[key] = float(message["until"])
+        else:
+            self.remote_until.pop(key, None)
+        reason = f"drill {message.get('id')} of {message.get('from')}"
+        pool.engine.set_flag(
+            origin, Flag.DRILL, on, "drill", f"drained by {reason}" if on else f"{reason} ended"
+        )
+
+    def _expire_remote(self, wall: float) -> None:
+        """Clear the drains of fleet drills whose end was never heard (their process died)."""
+        for key, until in list(self.remote_until.items()):
+            if wall < until:
+                continue
+            del self.remote_until[key]
+            pool = self.host.runtime.pools.get(key[0])
+            origin = pool.engine.by_name.get(key[1]) if pool else None
+            if pool is not None and origin is not None and key[0] not in self.running:
+                pool.engine.set_flag(
+                    origin, Flag.DRILL, False, "drill", "a fleet drill's expiry passed unheard"
+                )
 
     def untested(self, pool: Pool, origin: Origin, wall: float) -> bool:
         key = (pool.name, origin.name)

@@ -12,8 +12,12 @@ unreachable every process probes and decides alone (said once in the log) and ke
 when it is back, overrides are reconciled (the newest word on each origin wins) and leases
 are taken again.
 
-Messages on the bus channel are JSON objects with "type" (probe, eject, passive, override)
-and "from" (the sending process).
+- Drills (failover.drills): a lock per pool (SET NX PX) keeps to one drill of a pool in the
+  fleet; the process that runs it publishes its drain and its end, and the others set and clear
+  the `drill` flag too (each clears it by itself when the drill's expiry passes unheard).
+
+Messages on the bus channel are JSON objects with "type" (probe, eject, passive, override,
+drill) and "from" (the sending process).
 """
 
 from __future__ import annotations
@@ -110,6 +114,7 @@ class Fleet:
             config.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
         )
         self.connected = False
+        self.on_drill: Callable[[dict[str, Any]], None] | None = None  # set by the app
         self.holding: set[str] = set()
         self._events: asyncio.Queue[Event] = asyncio.Queue(1000)
 
@@ -195,6 +200,21 @@ class Fleet:
             self._lost(exc)
             return None
         return bool(taken)
+
+    async def drill(self, pool: str, origin: str, drill_id: str, on: bool, until: float) -> None:
+        """Tell the fleet that a drill drains `origin` (until `until`, wall clock) or ended."""
+        if self.connected:
+            await self._send(
+                {
+                    "from": self.id,
+                    "type": "drill",
+                    "pool": pool,
+                    "origin": origin,
+                    "id": drill_id,
+                    "on": on,
+                    "until": until,
+                }
+            )
 
     async def unlock_drill(self, pool: str) -> None:
         key = self.drill_prefix + pool
@@ -340,6 +360,10 @@ class Fleet:
         kind = message["type"]
         if kind == "override":
             self._adopt({message["origin"]: message["entry"]})
+            return
+        if kind == "drill":
+            if self.on_drill is not None:
+                self.on_drill(message)
             return
         engine = self.app.engine_of(message.get("origin", ""))
         if engine is None:

@@ -441,7 +441,12 @@ class Drills:
                     "of the fleet"
                 )
             locked = got is True
-            pool, origin = self.check(pool_name)  # the world may have moved while we asked
+            try:
+                pool, origin = self.check(pool_name)  # the world may have moved meanwhile
+            except (DrillRefused, LookupError):
+                if locked:
+                    await fleet.unlock_drill(pool_name)
+                raise
         now, wall = self.clock(), self.wall_clock()
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(wall))
         drill = Drill(

@@ -55,6 +55,7 @@ class Engine:
         self.on_eject: Callable[[Origin, str], None] | None = None  # fleet mode shares these
         self.observer: DrillObserver | None = None  # only while a drill runs
         self._troubled: set[str] = set()  # drilled origins that got another flag meanwhile
+        self._drill_reason: str | None = None
         if previous is not None:
             self._inherit(previous)
 
@@ -116,11 +117,16 @@ class Engine:
             self.selector.origin_up(origin, now)
         if drill:
             self._troubled.discard(origin.name)
-        self.selector.refresh(now)
+            self._drill_reason = reason  # traffic moved because of the drill, said as such
+        try:
+            self.selector.refresh(now)
+        finally:
+            self._drill_reason = None
         if self.observer is not None:
             self.observer.changed(origin)
 
     def _switched(self, old: list[Origin], new: list[Origin], reason: str) -> None:
+        reason = self._drill_reason or reason
         self.events.emit(
             "traffic-moved",
             ",".join(o.name for o in new) or "-",

@@ -209,6 +209,11 @@ def test_a_drilled_origin_comes_back_without_hold_down_and_an_operator_drain_sta
     assert engine.pick() is secondary
     engine.set_flag(primary, Flag.DRILL, False, "drill", "drill x ended")
     assert engine.pick() is primary  # the default 30 s hold-down does not apply
+    moves = [e for e in engine.events.newest_first() if e.kind == "traffic-moved"]
+    assert [(e.new, e.reason) for e in moves[:2]] == [
+        ("primary", "drill x ended"),
+        ("secondary", "drained by drill x"),
+    ]
     assert engine.selector.failback["primary"].flaps == 0
     # An operator's drain during a drill outlives it.
     engine.set_flag(primary, Flag.DRILL, True, "drill", "drained by drill y")

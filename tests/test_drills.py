@@ -455,3 +455,14 @@ def test_untested_origins_are_flagged_after_max_untested() -> None:
     assert not app.drills.untested(pool, primary, wall[0])
     assert app.drills.untested(pool, secondary, wall[0])  # neither served nor drilled for a day
     assert app.drills.status(pool, secondary)["untested"] is True
+
+
+def test_the_example_config_schedules_drills() -> None:
+    from pathlib import Path
+
+    from failover.config import load_config
+
+    settings = load_config(Path(__file__).parent.parent / "config" / "failover.yaml")
+    www, api = settings.pools["www"].drills, settings.pools["api"].drills
+    assert (www.every, www.window, www.max_error_rate) == (7 * DAY, "02:00-04:00", 0.01)
+    assert (api.every, api.window, api.max_p95) == (7 * DAY, "03:00-05:00", 0.3)

@@ -367,12 +367,12 @@ async def test_the_error_rate_alone_aborts_a_drill(make_origin: Any, make_proxy:
         make_origin, make_proxy, health={"enabled": False}, passive={"enabled": False}
     )
     async with traffic(proxy) as served:
-        drill_id = (await start_drill(proxy, duration="30s", max_error_rate="5%")).json()["id"]
+        drill_id = (await start_drill(proxy, duration="30s", max_error_rate="2%")).json()["id"]
         await wait_for(lambda: served.count("secondary") >= 20, timeout=3)
         await secondary.set_mode("partial")  # 30% of answers are 500s
         await wait_for(lambda: proxy.app.drills.reports[drill_id].state == "aborted", timeout=1.0)
     reason = proxy.app.drills.reports[drill_id].reason
-    assert reason is not None and "above max_error_rate 5.0%" in reason
+    assert reason is not None and "above max_error_rate 2.0%" in reason
     assert proxy.app.runtime.origins["primary"].usable
 
 

@@ -466,3 +466,27 @@ def test_the_example_config_schedules_drills() -> None:
     www, api = settings.pools["www"].drills, settings.pools["api"].drills
     assert (www.every, www.window, www.max_error_rate) == (7 * DAY, "02:00-04:00", 0.01)
     assert (api.every, api.window, api.max_p95) == (7 * DAY, "03:00-05:00", 0.3)
+
+
+async def test_a_scheduled_drill_starts_when_the_injected_wall_clock_reaches_it(
+    make_origin: Any, make_proxy: Any
+) -> None:
+    wall = [MONDAY]
+    primary = await make_origin("primary")
+    secondary = await make_origin("secondary")
+    config = drill_config(
+        origin_config("primary", primary, 0),
+        origin_config("secondary", secondary, 1),
+        drills={"every": "1h", "duration": "0.3s"},
+    )
+    proxy = await make_proxy(config, wall_clock=lambda: wall[0])
+    drills = proxy.app.drills
+    await wait_for(lambda: "default" in drills.schedules, timeout=3)
+    assert drills.schedules["default"].next_at == MONDAY + 3600
+    assert not drills.reports
+    wall[0] = MONDAY + 3600
+    await wait_for(lambda: len(drills.reports) == 1, timeout=3)
+    drill = next(iter(drills.reports.values()))
+    assert drill.trigger == "schedule"
+    await wait_for(lambda: drill.state != "running", timeout=3)
+    assert drills.schedules["default"].next_at == MONDAY + 2 * 3600

@@ -452,28 +452,33 @@ class Drills:
         drill = Drill(
             f"{stamp}-{secrets.token_hex(3)}", pool_name, origin.name, request, trigger, wall, now
         )
-        self.running[pool_name] = drill
-        self.reports[drill.id] = drill
-        while len(self.reports) > MAX_REPORTS:
-            self.reports.popitem(last=False)
-        drill.task = self.host.spawn(self._run(drill, pool, origin, locked), f"drill {drill.id}")
-        return drill
-
-    # -- running ----------------------------------------------------------------------------
-
-    async def _run(self, drill: Drill, pool: Pool, origin: Origin, locked: bool) -> None:
-        engine, events = pool.engine, self.host.events
         wake = asyncio.Event()
-        watch = Watch(
+        drill.watch = Watch(
             pool,
             origin,
-            drill.request.max_error_rate,
-            drill.request.max_p95,
+            request.max_error_rate,
+            request.max_p95,
             pool.config.drills.min_requests,
             self.clock,
             wake.set,
         )
-        drill.watch = watch
+        self.running[pool_name] = drill
+        self.reports[drill.id] = drill
+        while len(self.reports) > MAX_REPORTS:
+            self.reports.popitem(last=False)
+        drill.task = self.host.spawn(
+            self._run(drill, pool, origin, locked, wake), f"drill {drill.id}"
+        )
+        return drill
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def _run(
+        self, drill: Drill, pool: Pool, origin: Origin, locked: bool, wake: asyncio.Event
+    ) -> None:
+        engine, events = pool.engine, self.host.events
+        watch = drill.watch
+        assert watch is not None
         request = drill.request
         summary = (
             f"drill {drill.id} ({drill.trigger}): {origin.name} drained for "
@@ -524,6 +529,7 @@ class Drills:
         next_sample = drill.started + 1.0
         while True:
             now = self.clock()
+            drill.elapsed = now - drill.started
             if self.host.runtime.pools.get(pool.name) is not pool:
                 return "the config was reloaded (the pool was rebuilt)"
             reason = watch.judge(now)

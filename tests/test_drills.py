@@ -300,6 +300,7 @@ async def test_a_drill_passes_and_is_reported(make_origin: Any, make_proxy: Any)
         assert started.status_code == 202, started.text
         drill_id = started.json()["id"]
         assert started.headers["location"] == f"{PREFIX}/drills/{drill_id}"
+        assert set(started.json()["origins"]) == {"primary", "secondary"}
         await wait_for(lambda: "secondary" in served, timeout=2)
         during = await get_status(proxy)
         assert origin_in(during, "primary")["flags"] == ["drill"]  # type: ignore[index]

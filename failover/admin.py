@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from .configfile import quote
 from .dashboard import dashboard_page
+from .drills import DrillRefused, Drills, parse_request
 from .engine import Engine
 from .events import EventLog
 from .fleet import Fleet
@@ -64,6 +65,9 @@ class AdminHost(Protocol):
 
     @property
     def metrics(self) -> Metrics | None: ...
+
+    @property
+    def drills(self) -> Drills: ...
 
     def override(self, origin: Origin, action: str, by: str) -> None: ...
 
@@ -188,7 +192,12 @@ def build_admin(app: AdminHost) -> Starlette:
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def status(request: Request) -> Response:
-        pools = [pool_status(pool) for pool in app.runtime.pools.values()]
+        pools = []
+        for pool in app.runtime.pools.values():
+            shown = pool_status(pool)
+            for origin, record in zip(pool.origins, shown["origins"], strict=True):
+                record["drills"] = app.drills.status(pool, origin)
+            pools.append(shown)
         body: dict[str, Any] = {
             "ready": all(pool["ready"] for pool in pools),
             "pools": pools,
@@ -298,6 +307,51 @@ def build_admin(app: AdminHost) -> Starlette:
             return refusal
         return await _set_notice(app, request)
 
+    async def start_drill(request: Request) -> Response:
+        refusal = unauthorized(request)
+        if refusal is not None:
+            return refusal
+        name = request.path_params["pool"]
+        pool = app.runtime.pools.get(name)
+        if pool is None:
+            known = ", ".join(app.runtime.pools)
+            return _plain(404, f"no pool named {name!r} (known: {known})")
+        raw = await request.body()
+        try:
+            body = json.loads(raw) if raw.strip() else None
+        except ValueError:
+            return _plain(400, f"the body is not JSON: {raw[:80]!r}")
+        try:
+            drill_request = parse_request(body, pool.config.drills)
+        except ValueError as exc:
+            return _plain(400, str(exc))
+        by = request.query_params.get("by") or client_address(request, networks()[1])
+        try:
+            drill = await app.drills.start(name, drill_request, f"started by {by}")
+        except DrillRefused as exc:
+            return _plain(409, str(exc))
+        except LookupError as exc:
+            return _plain(404, str(exc))
+        return JSONResponse(
+            drill.report(), status_code=202, headers={"Location": f"{prefix}/drills/{drill.id}"}
+        )
+
+    async def list_drills(request: Request) -> Response:
+        try:
+            limit = int(request.query_params.get("limit", "20"))
+        except ValueError:
+            return _plain(400, "limit must be a whole number")
+        return JSONResponse({"drills": app.drills.recent(limit)})
+
+    async def show_drill(request: Request) -> Response:
+        drill = app.drills.reports.get(request.path_params["id"])
+        if drill is None:
+            kept = len(app.drills.reports)
+            return _plain(
+                404, f"no drill {request.path_params['id']!r} (the newest {kept} are kept)"
+            )
+        return JSONResponse(drill.report())
+
     async def not_found(request: Request) -> Response:
         known = ", ".join(
             f"{prefix}/{name}"
@@ -316,6 +370,9 @@ def build_admin(app: AdminHost) -> Starlette:
             Route(f"{prefix}/origins/{{name}}/{{action}}", restricted(override), methods=["POST"]),
             Route(f"{prefix}/reload", restricted(reload), methods=["POST"]),
             Route(f"{prefix}/notice", restricted(notice), methods=["POST"]),
+            Route(f"{prefix}/pools/{{pool}}/drills", restricted(start_drill), methods=["POST"]),
+            Route(f"{prefix}/drills", restricted(list_drills), methods=["GET"]),
+            Route(f"{prefix}/drills/{{id}}", restricted(show_drill), methods=["GET"]),
             Route(f"{prefix}/{{rest:path}}", not_found),
             Route(prefix, lambda request: RedirectResponse(f"{prefix}/")),
         ]

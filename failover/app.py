@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .admin import build_admin
 from .config import Settings, default_config_path, load_config
 from .dnscache import Update
+from .drills import Drills
 from .engine import Engine
 from .events import Event, EventLog
 from .fleet import Fleet, origin_key
@@ -99,6 +100,9 @@ class App:
         if self.fleet is not None:
             self.events.subscribe(self.fleet.event)
         self.runtime = self._runtime(settings, None)
+        self.drills = Drills(self, clock, wall_clock)
+        if self.fleet is not None:
+            self.fleet.on_drill = self.drills.remote
         self.admin = build_admin(self)
         # The public feed and its incident history outlive config reloads.
         self.board = StatusBoard(lambda: self.runtime.pools, wall_clock(), settings.public.history)
@@ -184,6 +188,7 @@ class App:
             self.upstream.add(origin)
         self._start_probes()
         self.spawn(self._housekeeping(), "housekeeping")
+        self.spawn(self.drills.run(), "drills")
         if self.webhooks is not None:
             self.spawn(self.webhooks.run(), "webhooks")
         if self.reloader.config_path is not None or self.reloader.state_file is not None:

@@ -60,6 +60,7 @@ __all__ = [
     "AdminConfig",
     "ConfigError",
     "DnsConfig",
+    "DrillsConfig",
     "FailbackConfig",
     "HealthConfig",
     "LimitsConfig",
@@ -77,6 +78,8 @@ __all__ = [
     "load_config",
     "parse_duration",
     "parse_nameserver",
+    "parse_rate",
+    "parse_window",
     "read_yaml",
 ]
 
@@ -86,8 +89,10 @@ MAX_REGEX = 4096  # characters in health.expect_body
 MAX_HEAD_VALUE = 8192  # characters in a URL, probe path or header value sent upstream
 MIN_TOKEN_LENGTH = 16  # a shorter admin.token is a warning
 
-_DURATION = re.compile(r"\s*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(ms|s|m|h)?\s*", re.ASCII)
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(
+    r"\s*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(ms|s|m|h|d)?\s*", re.ASCII
+)
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 # Every pattern below is used with fullmatch: `$` would also accept a trailing newline.
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -564,6 +569,15 @@ EVENT_KINDS: tuple[str, ...] = (
     "override",
     "traffic-moved",
     "config-reloaded",
+    "dns-changed",
+    "dns-stale",
+    "dns-failed",
+    "dns-nxdomain",
+    "dns-recovered",
+    "drill-started",
+    "drill-passed",
+    "drill-aborted",
+    "drill-skipped",
 )
 WebhookFormat = Literal["json", "slack", "pagerduty"]
 PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
@@ -773,6 +787,60 @@ class FleetConfig(_Block):
 AllDown = Literal["try-all", "503", "stale", "page"]
 
 
+_WINDOW = re.compile(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)")
+_NOT_A_RATE = "is not a rate (a share from 0 to 1, or a percentage such as '1%')"
+
+
+def parse_rate(value: Any) -> Any:
+    """A share from 0 to 1, given as a number or as a percentage string such as `1%`."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} {_NOT_A_RATE}")
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            rate = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            raise ValueError(f"{quote(value)} {_NOT_A_RATE}") from None
+        if not 0 <= rate <= 1:  # also NaN
+            raise ValueError(f"{quote(value)} {_NOT_A_RATE}")
+        return rate
+    return value
+
+
+Rate = Annotated[float, BeforeValidator(parse_rate), Field(ge=0, le=1)]
+
+
+def parse_window(value: str) -> tuple[int, int]:
+    """`HH:MM-HH:MM` (UTC) as (start, end) minutes of the day; end before start crosses
+    midnight."""
+    match = _WINDOW.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(f"{quote(value)} is not a time window (expected e.g. '02:00-04:00')")
+    h1, m1, h2, m2 = (int(part) for part in match.groups())
+    start, end = h1 * 60 + m1, h2 * 60 + m2
+    if start == end:
+        raise ValueError(f"{quote(value)} is an empty time window (start and end are equal)")
+    return start, end
+
+
+def _check_window(value: str | None) -> str | None:
+    if value is not None:
+        parse_window(value)
+    return value
+
+
+class DrillsConfig(_Block):
+    """Failover drills (see failover.drills): the schedule and the default thresholds."""
+
+    every: OptionalDuration = None  # no schedule unless set
+    window: Annotated[str | None, AfterValidator(_check_window)] = None  # UTC, e.g. 02:00-04:00
+    duration: Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=3600)] = 60.0
+    max_error_rate: Rate = 0.01
+    max_p95: Duration = 0.5
+    min_requests: int = Field(20, ge=1, le=1_000_000)  # in the judged window, before judging
+    max_untested: Duration = 30 * 86400.0
+
+
 class PoolProxyConfig(_Block):
     """The keys of the `proxy` block that a pool may set for itself."""
 
@@ -782,7 +850,16 @@ class PoolProxyConfig(_Block):
 
 
 # Blocks of the top level that each pool inherits and may override key by key.
-POOL_BLOCKS = ("health", "passive", "failback", "retry", "timeouts", "stale", "proxy")
+POOL_BLOCKS = (
+    "health",
+    "passive",
+    "failback",
+    "retry",
+    "timeouts",
+    "stale",
+    "proxy",
+    "drills",
+)
 
 
 class PoolConfig(_Block):
@@ -797,6 +874,7 @@ class PoolConfig(_Block):
     timeouts: TimeoutsConfig = TimeoutsConfig()
     stale: StaleConfig = StaleConfig()
     proxy: PoolProxyConfig = PoolProxyConfig()
+    drills: DrillsConfig = DrillsConfig()
     all_down: AllDown = "try-all"
 
     @model_validator(mode="after")
@@ -862,6 +940,7 @@ class Settings(BaseSettings):
     events: EventsConfig = EventsConfig()
     pages: PagesConfig = PagesConfig()
     public: PublicConfig = PublicConfig()
+    drills: DrillsConfig = DrillsConfig()
     fleet: FleetConfig | None = None
     dns: DnsConfig = DnsConfig()
     all_down: AllDown = "try-all"
@@ -950,6 +1029,7 @@ class Settings(BaseSettings):
                     attempts_header=self.proxy.attempts_header,
                     rewrite_location=self.proxy.rewrite_location,
                 ),
+                drills=self.drills,
                 all_down=self.all_down,
             )
             object.__setattr__(self, "pools", {DEFAULT_POOL: default})

@@ -110,7 +110,8 @@ function showPool(pool) {
     const operator = o.flags.includes("drained") || o.flags.includes("disabled");
     cell(row, "").appendChild(
       badge(o.state, o.usable ? "healthy" : operator ? "operator" : "unusable"));
-    cell(row, o.flags.join(", ") || "none");
+    const untested = o.drills && o.drills.untested ? ["untested (no traffic, no drill)"] : [];
+    cell(row, [...o.flags, ...untested].join(", ") || "none");
     cell(row, o.passive.requests_per_second, "num");
     cell(row, (o.passive.error_rate * 100).toFixed(1) + " %", "num");
     cell(row, o.passive.mean_latency_ms === null ? "-" : o.passive.mean_latency_ms + " ms",

@@ -7,6 +7,7 @@ reason and tells the selector. Pure: the clock is injected, nothing here does I/
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from .config import PoolConfig
 from .events import EventLog
@@ -15,7 +16,15 @@ from .origins import Flag, Origin
 from .outlier import Outlier
 from .selector import Selector
 
-__all__ = ["Engine"]
+__all__ = ["DrillObserver", "Engine"]
+
+
+class DrillObserver(Protocol):
+    """Watches a pool while a drill runs (failover.drills); set on the engine only then."""
+
+    def attempt(self, origin: Origin, result: str | int, ttfb: float) -> None: ...
+
+    def changed(self, origin: Origin) -> None: ...
 
 
 class Engine:
@@ -44,6 +53,9 @@ class Engine:
         self.selector = Selector(origins, settings.failback, self._switched)
         self.try_all = settings.all_down not in ("503", "page")
         self.on_eject: Callable[[Origin, str], None] | None = None  # fleet mode shares these
+        self.observer: DrillObserver | None = None  # only while a drill runs
+        self._troubled: set[str] = set()  # drilled origins that got another flag meanwhile
+        self._drill_reason: str | None = None
         if previous is not None:
             self._inherit(previous)
 
@@ -55,7 +67,7 @@ class Engine:
             old = previous.by_name.get(origin.name)
             if old is None or old.url != origin.url:
                 continue
-            origin.flags = set(old.flags)
+            origin.flags = old.flags - {Flag.DRILL}  # the drill ends with its pool
             origin.reason, origin.changed_at = old.reason, old.changed_at
             check = previous.checks[origin.name]
             check.healthy_threshold = origin.health.healthy_threshold
@@ -94,13 +106,27 @@ class Engine:
         origin.reason = reason
         origin.changed_at = now
         self.events.emit(kind, origin.name, old_state, origin.state, reason, self.pool)
-        if was_usable and not origin.usable:
+        # A drill takes out an origin that did not fail: no flap is counted, and no hold-down
+        # applies when it comes back, unless another flag was set on it meanwhile.
+        drill = flag is Flag.DRILL
+        if not drill and on and Flag.DRILL in origin.flags:
+            self._troubled.add(origin.name)
+        if was_usable and not origin.usable and not drill:
             self.selector.origin_down(origin, now)
-        elif origin.usable and not was_usable:
+        elif origin.usable and not was_usable and (not drill or origin.name in self._troubled):
             self.selector.origin_up(origin, now)
-        self.selector.refresh(now)
+        if drill:
+            self._troubled.discard(origin.name)
+            self._drill_reason = reason  # traffic moved because of the drill, said as such
+        try:
+            self.selector.refresh(now)
+        finally:
+            self._drill_reason = None
+        if self.observer is not None:
+            self.observer.changed(origin)
 
     def _switched(self, old: list[Origin], new: list[Origin], reason: str) -> None:
+        reason = self._drill_reason or reason
         self.events.emit(
             "traffic-moved",
             ",".join(o.name for o in new) or "-",
@@ -140,6 +166,8 @@ class Engine:
     def on_attempt(self, origin: Origin, result: str | int, ttfb: float) -> None:
         """Count one proxied attempt: an HTTP status, or connect-failure, reset, timeout."""
         reason = self.outliers[origin.name].record(result, ttfb, self.clock())
+        if self.observer is not None:
+            self.observer.attempt(origin, result, ttfb)
         if reason is not None:
             self.eject(origin, reason)
 

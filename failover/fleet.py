@@ -12,8 +12,12 @@ unreachable every process probes and decides alone (said once in the log) and ke
 when it is back, overrides are reconciled (the newest word on each origin wins) and leases
 are taken again.
 
-Messages on the bus channel are JSON objects with "type" (probe, eject, passive, override)
-and "from" (the sending process).
+- Drills (failover.drills): a lock per pool (SET NX PX) keeps to one drill of a pool in the
+  fleet; the process that runs it publishes its drain and its end, and the others set and clear
+  the `drill` flag too (each clears it by itself when the drill's expiry passes unheard).
+
+Messages on the bus channel are JSON objects with "type" (probe, eject, passive, override,
+drill) and "from" (the sending process).
 """
 
 from __future__ import annotations
@@ -105,10 +109,12 @@ class Fleet:
         self.stream = f"{prefix}events"
         self.overrides_key = f"{prefix}overrides"
         self.lease_prefix = f"{prefix}lease:"
+        self.drill_prefix = f"{prefix}drill:"
         self.redis: aioredis.Redis = aioredis.from_url(
             config.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
         )
         self.connected = False
+        self.on_drill: Callable[[dict[str, Any]], None] | None = None  # set by the app
         self.holding: set[str] = set()
         self._events: asyncio.Queue[Event] = asyncio.Queue(1000)
 
@@ -180,6 +186,43 @@ class Fleet:
             self._lost(exc)
             return None
         return [json.loads(fields[b"event"]) for _, fields in entries or []]
+
+    async def lock_drill(self, pool: str, ttl: float) -> bool | None:
+        """Take the fleet's drill lock of `pool` (SET NX with an expiry): True when taken,
+        False when another process holds it, None when Redis is out of reach."""
+        if not self.connected:
+            return None
+        try:
+            taken = await self.redis.set(
+                self.drill_prefix + pool, self.id, nx=True, px=int(ttl * 1000)
+            )
+        except (RedisError, OSError) as exc:
+            self._lost(exc)
+            return None
+        return bool(taken)
+
+    async def drill(self, pool: str, origin: str, drill_id: str, on: bool, until: float) -> None:
+        """Tell the fleet that a drill drains `origin` (until `until`, wall clock) or ended."""
+        if self.connected:
+            await self._send(
+                {
+                    "from": self.id,
+                    "type": "drill",
+                    "pool": pool,
+                    "origin": origin,
+                    "id": drill_id,
+                    "on": on,
+                    "until": until,
+                }
+            )
+
+    async def unlock_drill(self, pool: str) -> None:
+        key = self.drill_prefix + pool
+        try:
+            if await self.redis.get(key) == self.id.encode():
+                await self.redis.delete(key)
+        except (RedisError, OSError) as exc:
+            self._lost(exc)
 
     # -- background -------------------------------------------------------------------------
 
@@ -317,6 +360,10 @@ class Fleet:
         kind = message["type"]
         if kind == "override":
             self._adopt({message["origin"]: message["entry"]})
+            return
+        if kind == "drill":
+            if self.on_drill is not None:
+                self.on_drill(message)
             return
         engine = self.app.engine_of(message.get("origin", ""))
         if engine is None:

@@ -157,6 +157,26 @@ class Metrics:
             "Webhook notifications given up on.",
             registry=r,
         )
+        self.drills = Counter(
+            "failover_drill",
+            "Failover drills, by pool and result (passed, aborted).",
+            ["pool", "result"],
+            registry=r,
+        )
+        self.drill_success = Gauge(
+            "failover_drill_last_success_timestamp_seconds",
+            "When the pool's last drill passed (seconds since the epoch).",
+            ["pool"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.untested = Gauge(
+            "failover_origin_untested",
+            "1 if the origin neither served traffic nor passed a drill within drills.max_untested.",
+            ["pool", "origin"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         # The hot path only adds to plain dicts and lists (no locks, no label look-ups);
         # `flush` hands the sums to prometheus_client on every scrape and, so that other
         # workers' files stay current, once a second from the app's housekeeping.

@@ -1,7 +1,8 @@
 """Origin: one upstream (url, priority, weight, Host header) and its health flags.
 
 As in Envoy, an origin's health is a set of independent flags: a failed active check, an
-ejection by passive detection, an operator's drain or disable. It is usable when none is set.
+ejection by passive detection, an operator's drain or disable, a drill's drain. It is usable
+when none is set.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class Flag(enum.Enum):
     EJECTED = "ejected"
     DRAINED = "drained"
     DISABLED = "disabled"
+    DRILL = "drill"  # drained by a failover drill (failover.drills), restored when it ends
 
 
 OPERATOR_FLAGS = frozenset({Flag.DRAINED, Flag.DISABLED})

@@ -551,3 +551,34 @@ async def test_every_replica_stops_promptly_on_sigterm(
         replica.process.terminate()
     codes = await asyncio.gather(*(asyncio.to_thread(replica.process.wait, 5) for replica in group))
     assert codes == [0, 0, 0]
+
+
+async def test_a_drill_drains_the_primary_fleet_wide_and_only_one_runs_at_a_time(
+    make_origin: Callable[..., Awaitable[FaultyOrigin]], replicas: Start, redis_url: str
+) -> None:
+    primary = await make_origin("primary")
+    secondary = await make_origin("secondary")
+    group = await replicas(fleet_config(primary, secondary, redis_url), 2)
+    await wait_for(lambda: settled(group, ORIGINS), timeout=10)
+    first, second = group
+    url, auth = f"{ADMIN}/pools/default/drills", {"Authorization": f"Bearer {TOKEN}"}
+    started = await first.client.post(url, json={"duration": "2s"}, headers=auth)
+    assert started.status_code == 202, started.text
+    drill_id = started.json()["id"]
+
+    async def everywhere(origin: str) -> bool:
+        return all([await replica.served_by() == origin for replica in group])
+
+    await wait_for(lambda: everywhere("secondary"), timeout=2)
+    refused = await second.client.post(url, json={"duration": "2s"}, headers=auth)
+    assert refused.status_code == 409
+    assert "already running in another process of the fleet" in refused.text
+
+    async def passed() -> bool:
+        report = (await first.client.get(f"{ADMIN}/drills/{drill_id}")).json()
+        return bool(report["state"] == "passed")
+
+    await wait_for(passed, timeout=5)
+    await wait_for(lambda: everywhere("primary"), timeout=2)
+    again = await second.client.post(url, json={"duration": "1s"}, headers=auth)
+    assert again.status_code == 202, again.text  # the lock was released

@@ -1231,7 +1231,9 @@ def _raw_route_problems(data: dict[str, Any]) -> list[str]:
     fields = ("pool", "host", "path", "strip_prefix", "host_header")
     parsed: list[Route] = []
     for route in routes:
-        if not (isinstance(route, dict) and isinstance(route.get("pool"), str)):
+        if not (isinstance(route, dict) and isinstance(route.get("pool"), str)) or any(
+            not isinstance(route.get(key), str | None) for key in ("host", "path", "host_header")
+        ):
             return []  # pydantic names it; the indexes would no longer line up
         try:
             parsed.append(Route(**{k: v for k, v in route.items() if k in fields}))

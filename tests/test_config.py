@@ -1076,3 +1076,14 @@ def test_every_config_check_accepts_builds_the_app(config: dict[str, Any]) -> No
         return
     event("built")
     asyncio.run(_start_parts(settings))
+
+
+def test_a_route_host_that_is_not_a_string_is_named_not_a_crash() -> None:
+    config = {
+        "pools": {"a": {"origins": [{"name": "x", "url": "http://127.0.0.1:1"}]}},
+        "routes": [{"pool": "a", "host": 123}, {"pool": "a", "path": ["/x"]}],
+    }
+    with pytest.raises(ConfigError) as caught:
+        build_settings(config)
+    assert any(p.startswith("routes[0].host:") for p in caught.value.problems)
+    assert any(p.startswith("routes[1].path:") for p in caught.value.problems)

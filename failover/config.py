@@ -60,6 +60,7 @@ __all__ = [
     "ConfigError",
     "FailbackConfig",
     "HealthConfig",
+    "LeastLatencyConfig",
     "LimitsConfig",
     "OriginConfig",
     "PassiveConfig",
@@ -372,10 +373,35 @@ class PassiveConfig(_Block):
         return self
 
 
+def _share(value: Any) -> Any:
+    """A share of traffic: a number from 0 to 1, or a percentage such as `'10%'`."""
+    number = value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            number = None
+    if (
+        isinstance(number, bool)
+        or not isinstance(number, int | float)
+        or not 0 <= number <= 1  # NaN fails this too
+    ):
+        raise ValueError(f"{quote(value)} is not a share from 0 to 1 (e.g. 0.1 or '10%')")
+    return float(number)
+
+
+Share = Annotated[float, BeforeValidator(_share)]
+
+
 class FailbackConfig(_Block):
     hold_down: ZeroDuration = 30.0
     flap_window: ZeroDuration = 60.0
     max_hold_down: Duration = 300.0
+    # Gradual failback: a recovered better tier takes `ramp_start` of the traffic once its
+    # hold-down has passed, rising linearly to all of it over `ramp` (0: all at once).
+    ramp: ZeroDuration = 0.0
+    ramp_start: Share = 0.1
 
     @model_validator(mode="after")
     def _max(self) -> FailbackConfig:
@@ -578,6 +604,15 @@ class FleetConfig(_Block):
 
 
 AllDown = Literal["try-all", "503", "stale"]
+Balance = Literal["weighted", "least-latency", "least-request"]
+
+
+class LeastLatencyConfig(_Block):
+    """`balance: least-latency`: how the time to first byte is averaged, and the share of a
+    tier's traffic each origin keeps however slow it is (so its figure stays fresh)."""
+
+    decay: Duration = 10.0  # the time constant of the moving average
+    min_share: Annotated[float, BeforeValidator(_share), Field(le=0.5)] = 0.05
 
 
 class PoolProxyConfig(_Block):
@@ -589,7 +624,16 @@ class PoolProxyConfig(_Block):
 
 
 # Blocks of the top level that each pool inherits and may override key by key.
-POOL_BLOCKS = ("health", "passive", "failback", "retry", "timeouts", "stale", "proxy")
+POOL_BLOCKS = (
+    "health",
+    "passive",
+    "failback",
+    "retry",
+    "timeouts",
+    "stale",
+    "proxy",
+    "least_latency",
+)
 
 
 class PoolConfig(_Block):
@@ -605,6 +649,8 @@ class PoolConfig(_Block):
     stale: StaleConfig = StaleConfig()
     proxy: PoolProxyConfig = PoolProxyConfig()
     all_down: AllDown = "try-all"
+    balance: Balance = "weighted"
+    least_latency: LeastLatencyConfig = LeastLatencyConfig()
 
     @model_validator(mode="after")
     def _stale(self) -> PoolConfig:
@@ -669,6 +715,8 @@ class Settings(BaseSettings):
     events: EventsConfig = EventsConfig()
     fleet: FleetConfig | None = None
     all_down: AllDown = "try-all"
+    balance: Balance = "weighted"
+    least_latency: LeastLatencyConfig = LeastLatencyConfig()
     shutdown_timeout: Duration = 30.0
 
     @classmethod
@@ -703,8 +751,9 @@ class Settings(BaseSettings):
                                 k: v for k, v in top.items() if k in PoolProxyConfig.model_fields
                             }
                         pool[block] = {**top, **own}
-                if "all_down" in data:
-                    pool.setdefault("all_down", data["all_down"])
+                for key in ("all_down", "balance"):
+                    if key in data:
+                        pool.setdefault(key, data[key])
             pools[name] = pool
         return {**data, "pools": pools}
 
@@ -737,6 +786,8 @@ class Settings(BaseSettings):
                     rewrite_location=self.proxy.rewrite_location,
                 ),
                 all_down=self.all_down,
+                balance=self.balance,
+                least_latency=self.least_latency,
             )
             object.__setattr__(self, "pools", {DEFAULT_POOL: default})
             object.__setattr__(self, "routes", [RouteConfig(pool=DEFAULT_POOL)])
@@ -921,7 +972,9 @@ def _raw_route_problems(data: dict[str, Any]) -> list[str]:
     fields = ("pool", "host", "path", "strip_prefix", "host_header")
     parsed: list[Route] = []
     for route in routes:
-        if not (isinstance(route, dict) and isinstance(route.get("pool"), str)):
+        if not (isinstance(route, dict) and isinstance(route.get("pool"), str)) or any(
+            not isinstance(route.get(key), str | None) for key in ("host", "path", "host_header")
+        ):
             return []  # pydantic names it; the indexes would no longer line up
         try:
             parsed.append(Route(**{k: v for k, v in route.items() if k in fields}))

@@ -6,10 +6,10 @@ Both policies pick by the power of two choices: two different origins of the tie
 each with a chance in proportion to its `weight`, and the one with the lower cost takes the
 request (the first drawn on a tie, so that idle origins share by weight). The cost is
 
-- least-request: (requests in flight + 1) / weight;
-- least-latency: the moving average of the time to first byte x (requests in flight + 1) /
-  weight (as Finagle's and Linkerd's "peak EWMA": an origin that is fast but busy waits its
-  turn). With probability `min_share` x the tier's size the pick is instead uniform over the
+- least-request: requests in flight / weight;
+- least-latency: the moving average of the time to first byte x (1 + requests in flight /
+  weight), as Finagle's and Linkerd's "peak EWMA": an origin that is fast but busy waits its
+  turn, and equally fast idle origins share by weight. With probability `min_share` x the tier's size the pick is instead uniform over the
   tier, so that every origin keeps at least `min_share` of the tier's traffic and its figure
   stays fresh: a slower origin is never starved and is seen as soon as it speeds up.
 
@@ -87,10 +87,10 @@ class Balancer:
         return first
 
     def _cost(self, origin: Origin) -> float:
-        load = (self.in_flight(origin) + 1) / origin.weight
+        load = self.in_flight(origin) / origin.weight
         if self.policy == "least-request":
             return load
-        return self.latency.get(origin.name, 0.0) * load
+        return self.latency.get(origin.name, 0.0) * (1.0 + load)
 
 
 def _draw(tier: list[Origin], point: float, skip: Origin | None) -> Origin:

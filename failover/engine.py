@@ -67,6 +67,7 @@ class Engine:
         """After a config reload: origins whose name and url are unchanged keep their flags,
         health state, passive counters and failback record."""
         self.started_at = previous.started_at
+        previous.selector.active(self.clock())  # a hold-down that just ended moves traffic
         for origin in self.origins:
             old = previous.by_name.get(origin.name)
             if old is None or old.url != origin.url:

@@ -289,7 +289,10 @@ class Selector:
                 self._on_switch(old, tier, reason)
             if self._ramps(old, tier, now):
                 source = [o for o in old if o.usable]
-                ramp = Ramp(tier, source, now, self.config.ramp, self.config.ramp_start)
+                # From when the hold-down ended, even if this is noticed a little later.
+                began = max(self.failback[o.name].eligible_at for o in tier)
+                began = began if math.isfinite(began) else now
+                ramp = Ramp(tier, source, began, self.config.ramp, self.config.ramp_start)
                 ramp.current = {origin.name: 0 for origin in source}
                 self.ramp = ramp
                 self._refresh_at = min(self._refresh_at, ramp.ends_at)

@@ -9,9 +9,11 @@ request (the first drawn on a tie, so that idle origins share by weight). The co
 - least-request: requests in flight / weight;
 - least-latency: the moving average of the time to first byte x (1 + requests in flight /
   weight), as Finagle's and Linkerd's "peak EWMA": an origin that is fast but busy waits its
-  turn, and equally fast idle origins share by weight. With probability `min_share` x the tier's size the pick is instead uniform over the
-  tier, so that every origin keeps at least `min_share` of the tier's traffic and its figure
-  stays fresh: a slower origin is never starved and is seen as soon as it speeds up.
+  turn, and equally fast idle origins share by weight.
+
+With least-latency, the pick is instead uniform over the tier with probability `min_share` x
+the tier's size, so that every origin keeps at least `min_share` of the tier's traffic and its
+figure stays fresh: a slower origin is never starved and is seen as soon as it speeds up.
 
 The average decays in time, not by count: a measurement that comes `dt` seconds after the
 previous one counts for 1 - exp(-dt / decay) of the new figure (at least `MIN_WEIGHT`), so an

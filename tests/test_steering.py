@@ -8,8 +8,10 @@ nothing sleeps, nothing touches the network. Ramp shares are chosen as exact bin
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -18,8 +20,10 @@ from failover.admin import engine_status
 from failover.config import ConfigError
 from failover.engine import Engine
 from failover.events import EventLog
+from failover.faulty import FaultyOrigin
 from failover.origins import build_origins
 from failover.selector import Selector
+from tests.conftest import RunningProxy, origin_config, proxy_config, wait_for
 from tests.helpers import FakeClock, make_settings, origin_dict
 from tests.test_engine import FAIL_REASON, Rig
 
@@ -285,6 +289,58 @@ def test_a_ramp_balances_within_each_tier() -> None:
     served = shares(rig, 800)
     assert served["b"] == 600
     assert 60 < served["a1"] < 140
+
+
+# -- end to end --------------------------------------------------------------------------------
+
+SLOWER = 0.05  # seconds the slow origin adds to each answer
+WORKERS = 8  # concurrent client loops
+
+
+async def served_by(proxy: RunningProxy, count: int) -> list[str]:
+    """Send `count` GET requests, WORKERS at a time; the origin of each answer."""
+    origins: list[str] = []
+
+    async def worker() -> None:
+        while len(origins) < count:
+            response = await proxy.client.get("/steer")
+            assert response.status_code == 200, response.text
+            origins.append(response.headers["x-failover-origin"])
+
+    await asyncio.gather(*(worker() for _ in range(WORKERS)))
+    return origins
+
+
+async def test_an_origin_50ms_slower_gets_under_a_fifth_of_the_traffic_until_it_speeds_up(
+    make_origin: Callable[..., Awaitable[FaultyOrigin]],
+    make_proxy: Callable[..., Awaitable[RunningProxy]],
+) -> None:
+    fast = await make_origin("fast")
+    slow = await make_origin("slow", mode="slow", slow_delay=SLOWER)
+    config = proxy_config(
+        origin_config("fast", fast, 0),
+        origin_config("slow", slow, 0),
+        balance="least-latency",
+        least_latency={"decay": 0.2, "min_share": 0.05},
+    )
+    proxy = await make_proxy(config)
+    await served_by(proxy, 40)  # both measured
+    seen = await served_by(proxy, 400)
+    assert 0 < seen.count("slow") < 0.2 * len(seen)
+    status = (await proxy.client.get("/_failover/status")).json()
+    assert status["pools"][0]["balance"] == "least-latency"
+    figures = {o["name"]: o["latency_ewma_ms"] for o in status["origins"]}
+    assert figures["slow"] > figures["fast"] + 30, figures
+    # As fast as the other again: within seconds it carries its part once more.
+    await slow.set_mode("ok")
+    shares: list[float] = []
+
+    async def recovered() -> bool:
+        batch = await served_by(proxy, 200)
+        shares.append(batch.count("slow") / len(batch))
+        return shares[-1] >= 0.3
+
+    await wait_for(recovered, timeout=8)
 
 
 # -- config -----------------------------------------------------------------------------------

@@ -273,7 +273,7 @@ def origin_status(engine: Engine, origin: Origin, now: float) -> dict[str, Any]:
     next_probe = engine.next_probe_at.get(origin.name)
     latency = outlier.mean_latency(now)
     balancer = engine.selector.balancer
-    ewma = balancer.latency.get(origin.name) if balancer is not None else None
+    ewma = balancer.latency(origin.name) if balancer is not None else None
     return {
         "name": origin.name,
         "pool": origin.pool_name,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from .config import Balance, LeastLatencyConfig
 from .origins import Origin
@@ -43,56 +43,66 @@ class Balancer:
         config: LeastLatencyConfig,
         rng: random.Random,
         in_flight: Callable[[Origin], int],
+        origins: Iterable[Origin] = (),
     ) -> None:
         self.policy = policy
         self.decay = config.decay
-        self.min_share = config.min_share if policy == "least-latency" else 0.0
+        self.by_latency = policy == "least-latency"
+        self.min_share = config.min_share if self.by_latency else 0.0
         self.rng = rng
         self.in_flight = in_flight
-        self.latency: dict[str, float] = {}  # seconds to first byte, moving average
-        self._measured_at: dict[str, float] = {}
+        # Per origin: [moving average in seconds, when last measured] (-inf: not yet; the
+        # first measurement then counts in full).
+        self._figures: dict[str, list[float]] = {o.name: [0.0, -math.inf] for o in origins}
+
+    def latency(self, name: str) -> float | None:
+        """The moving average of `name`'s time to first byte, None before its first."""
+        figure = self._figures.get(name)
+        return None if figure is None or figure[1] == -math.inf else figure[0]
 
     def observe(self, origin: Origin, seconds: float, now: float) -> None:
         """One time to first byte of `origin`."""
-        name = origin.name
-        last = self._measured_at.get(name)
-        self._measured_at[name] = now
-        if last is None:
-            self.latency[name] = seconds
-            return
-        weight = 1.0 - math.exp((last - now) / self.decay)
+        figure = self._figures.get(origin.name)
+        if figure is None:
+            figure = self._figures[origin.name] = [seconds, now]
+        weight = 1.0 - math.exp((figure[1] - now) / self.decay)
         if weight < MIN_WEIGHT:
             weight = MIN_WEIGHT
-        average = self.latency[name]
-        self.latency[name] = average + (seconds - average) * weight
+        figure[0] += (seconds - figure[0]) * weight
+        figure[1] = now
 
     def inherit(self, previous: Balancer, names: set[str]) -> None:
         """Keep the figures of the origins in `names` (unchanged across a config reload)."""
         for name in names:
-            if name in previous.latency:
-                self.latency[name] = previous.latency[name]
-                self._measured_at[name] = previous._measured_at[name]
+            if name in previous._figures:
+                self._figures[name] = previous._figures[name]
 
     def choose(self, tier: list[Origin]) -> Origin:
         """The origin of `tier` (two or more origins) for the next request."""
-        rng = self.rng
         count = len(tier)
-        if self.min_share and rng.random() < self.min_share * count:
-            return tier[int(rng.random() * count) % count]
-        total = 0
-        for origin in tier:
-            total += origin.weight
-        first = _draw(tier, rng.random() * total, None)
-        second = _draw(tier, rng.random() * (total - first.weight), first)
-        if self._cost(second) < self._cost(first):
-            return second
-        return first
-
-    def _cost(self, origin: Origin) -> float:
-        load = self.in_flight(origin) / origin.weight
-        if self.policy == "least-request":
-            return load
-        return self.latency.get(origin.name, 0.0) * (1.0 + load)
+        draw = self.rng.random()
+        explore = self.min_share * count
+        if draw < explore:  # the minimum share: uniform over the tier
+            return tier[int(draw / explore * count) % count]
+        draw = (draw - explore) / (1.0 - explore)  # uniform again, in [0, 1)
+        if count == 2:
+            first, second = tier
+            if draw * (first.weight + second.weight) >= first.weight:
+                first, second = second, first
+        else:
+            total = 0
+            for origin in tier:
+                total += origin.weight
+            first = _draw(tier, draw * total, None)
+            second = _draw(tier, self.rng.random() * (total - first.weight), first)
+        in_flight = self.in_flight
+        first_cost = in_flight(first) / first.weight
+        second_cost = in_flight(second) / second.weight
+        if self.by_latency:
+            figures = self._figures
+            first_cost = figures[first.name][0] * (1.0 + first_cost)
+            second_cost = figures[second.name][0] * (1.0 + second_cost)
+        return second if second_cost < first_cost else first
 
 
 def _draw(tier: list[Origin], point: float, skip: Origin | None) -> Origin:

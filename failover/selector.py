@@ -94,6 +94,7 @@ class Selector:
                 least_latency or LeastLatencyConfig(),
                 rng or random.Random(),
                 in_flight or _none_in_flight,
+                self.origins,
             )
         # The hot path calls `pick`; it is bound to the variant that fits, so that the
         # default (weighted, no ramp under way) does no more than it must.

@@ -165,7 +165,9 @@ class Selector:
                 self._current = {origin.name: 0 for origin in to}
                 self.ramp.current = {origin.name: 0 for origin in source}
         if self.balancer is not None and previous.balancer is not None:
-            self.balancer.inherit(previous.balancer, set(by_name))
+            before = {origin.name: origin.url for origin in previous.origins}
+            same = {o.name for o in self.origins if before.get(o.name) == o.url}
+            self.balancer.inherit(previous.balancer, same)
         self._rebind()
         self.reset(now)
 

@@ -233,6 +233,18 @@ def test_least_latency_shares_by_weight_between_equally_fast_origins() -> None:
     assert 0.70 < served["a"] / 4000 < 0.80
 
 
+def test_a_config_reload_keeps_the_latency_figures_of_unchanged_origins() -> None:
+    blocks: dict[str, Any] = {"balance": "least-latency"}
+    rig = balanced_rig("least-latency", origin_dict("a", 0), origin_dict("b", 0))
+    serve(rig, 50, {"a": 0.010, "b": 0.030})
+    moved = origin_dict("b", 0, url="http://b2.example")
+    settings = make_settings(origin_dict("a", 0), moved, **blocks)
+    built = build_origins(settings.pools["default"])
+    rig.engine = Engine(settings.pools["default"], built, rig.events, rig.clock, rig.engine)
+    assert rig.status_of("a")["latency_ewma_ms"] == pytest.approx(10)
+    assert rig.status_of("b")["latency_ewma_ms"] is None  # another origin now
+
+
 def test_weighted_balancing_is_not_fed_latencies() -> None:
     rig = balanced_rig("weighted", origin_dict("a", 0), origin_dict("b", 0))
     assert serve(rig, 4, {"a": 0.01, "b": 0.5}) == {"a": 2, "b": 2}

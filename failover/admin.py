@@ -41,6 +41,7 @@ from .overrides import ACTIONS, OverrideStore
 from .pool import Pool
 from .public import MAX_NOTICE
 from .runtime import Runtime
+from .selector import Ramp
 
 __all__ = ["AdminHost", "build_admin", "client_address", "engine_status", "pool_status"]
 
@@ -429,7 +430,23 @@ def engine_status(engine: Engine) -> dict[str, Any]:
         "name": engine.pool,
         "active": active[0].name if len(active) == 1 else [o.name for o in active] or None,
         "ready": engine.ready(),
+        "balance": engine.selector.balance,
+        "ramp": ramp_status(engine.selector.ramp, now),
         "origins": [origin_status(engine, origin, now) for origin in engine.origins],
+    }
+
+
+def ramp_status(ramp: Ramp | None, now: float) -> dict[str, Any] | None:
+    """A gradual failback under way: which tier takes back how much of the traffic."""
+    if ramp is None:
+        return None
+    return {
+        "to": [o.name for o in ramp.to],
+        "from": [o.name for o in ramp.source],
+        "share": round(ramp.share(now), 4),
+        "elapsed": round(max(0.0, now - ramp.started_at), 3),
+        "duration": ramp.duration,
+        "remaining": round(max(0.0, ramp.ends_at - now), 3),
     }
 
 
@@ -441,6 +458,8 @@ def origin_status(engine: Engine, origin: Origin, now: float) -> dict[str, Any]:
     next_probe = engine.next_probe_at.get(origin.name)
     latency = outlier.mean_latency(now)
     dns = getattr(origin.pool, "dns", None)  # set when the url names a host, not an IP
+    balancer = engine.selector.balancer
+    ewma = balancer.latency(origin.name) if balancer is not None else None
     return {
         "name": origin.name,
         "pool": origin.pool_name,
@@ -487,4 +506,5 @@ def origin_status(engine: Engine, origin: Origin, now: float) -> dict[str, Any]:
                 else None
             ),
         },
+        "latency_ewma_ms": round(ewma * 1000, 3) if ewma is not None else None,
     }

@@ -63,6 +63,7 @@ __all__ = [
     "DrillsConfig",
     "FailbackConfig",
     "HealthConfig",
+    "LeastLatencyConfig",
     "LimitsConfig",
     "OriginConfig",
     "PagesConfig",
@@ -383,10 +384,35 @@ class PassiveConfig(_Block):
         return self
 
 
+def _share(value: Any) -> Any:
+    """A share of traffic: a number from 0 to 1, or a percentage such as `'10%'`."""
+    number = value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            number = None
+    if (
+        isinstance(number, bool)
+        or not isinstance(number, int | float)
+        or not 0 <= number <= 1  # NaN fails this too
+    ):
+        raise ValueError(f"{quote(value)} is not a share from 0 to 1 (e.g. 0.1 or '10%')")
+    return float(number)
+
+
+Share = Annotated[float, BeforeValidator(_share)]
+
+
 class FailbackConfig(_Block):
     hold_down: ZeroDuration = 30.0
     flap_window: ZeroDuration = 60.0
     max_hold_down: Duration = 300.0
+    # Gradual failback: a recovered better tier takes `ramp_start` of the traffic once its
+    # hold-down has passed, rising linearly to all of it over `ramp` (0: all at once).
+    ramp: ZeroDuration = 0.0
+    ramp_start: Share = 0.1
 
     @model_validator(mode="after")
     def _max(self) -> FailbackConfig:
@@ -578,6 +604,8 @@ EVENT_KINDS: tuple[str, ...] = (
     "drill-passed",
     "drill-aborted",
     "drill-skipped",
+    "ramp-start",
+    "ramp-end",
 )
 WebhookFormat = Literal["json", "slack", "pagerduty"]
 PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
@@ -841,6 +869,17 @@ class DrillsConfig(_Block):
     max_untested: Duration = 30 * 86400.0
 
 
+Balance = Literal["weighted", "least-latency", "least-request"]
+
+
+class LeastLatencyConfig(_Block):
+    """`balance: least-latency`: how the time to first byte is averaged, and the share of a
+    tier's traffic each origin keeps however slow it is (so its figure stays fresh)."""
+
+    decay: Duration = 10.0  # the time constant of the moving average
+    min_share: Annotated[float, BeforeValidator(_share), Field(le=0.5)] = 0.05
+
+
 class PoolProxyConfig(_Block):
     """The keys of the `proxy` block that a pool may set for itself."""
 
@@ -859,6 +898,7 @@ POOL_BLOCKS = (
     "stale",
     "proxy",
     "drills",
+    "least_latency",
 )
 
 
@@ -876,6 +916,8 @@ class PoolConfig(_Block):
     proxy: PoolProxyConfig = PoolProxyConfig()
     drills: DrillsConfig = DrillsConfig()
     all_down: AllDown = "try-all"
+    balance: Balance = "weighted"
+    least_latency: LeastLatencyConfig = LeastLatencyConfig()
 
     @model_validator(mode="after")
     def _stale(self) -> PoolConfig:
@@ -945,6 +987,8 @@ class Settings(BaseSettings):
     dns: DnsConfig = DnsConfig()
     all_down: AllDown = "try-all"
     websocket: WebSocketConfig = WebSocketConfig()
+    balance: Balance = "weighted"
+    least_latency: LeastLatencyConfig = LeastLatencyConfig()
     shutdown_timeout: Duration = 30.0
 
     @classmethod
@@ -979,8 +1023,9 @@ class Settings(BaseSettings):
                                 k: v for k, v in top.items() if k in PoolProxyConfig.model_fields
                             }
                         pool[block] = {**top, **own}
-                if "all_down" in data:
-                    pool.setdefault("all_down", data["all_down"])
+                for key in ("all_down", "balance"):
+                    if key in data:
+                        pool.setdefault(key, data[key])
             pools[name] = pool
         return {**data, "pools": pools}
 
@@ -1031,6 +1076,8 @@ class Settings(BaseSettings):
                 ),
                 drills=self.drills,
                 all_down=self.all_down,
+                balance=self.balance,
+                least_latency=self.least_latency,
             )
             object.__setattr__(self, "pools", {DEFAULT_POOL: default})
             object.__setattr__(self, "routes", [RouteConfig(pool=DEFAULT_POOL)])

@@ -97,7 +97,13 @@ function showPool(pool) {
   ready.textContent = pool.ready ? "ready" : "not ready";
   ready.className = "ready state " + (pool.ready ? "healthy" : "unusable");
   const taking = Array.isArray(pool.active) ? pool.active : pool.active ? [pool.active] : [];
-  node.querySelector(".active b").textContent = taking.join(", ") || "no usable origin";
+  let shown = taking.join(", ") || "no usable origin";
+  const ramp = pool.ramp;
+  if (ramp) {
+    shown += ` (ramping up: ${Math.round(ramp.share * 100)} % of the traffic, all of it in ` +
+      `${Math.round(ramp.remaining)} s; the rest to ${ramp.from.join(", ")})`;
+  }
+  node.querySelector(".active b").textContent = shown;
   node.querySelector(".active").className = taking.length ? "active" : "active down";
   const body = node.querySelector("tbody");
   body.replaceChildren();

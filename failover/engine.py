@@ -6,6 +6,7 @@ reason and tells the selector. Pure: the clock is injected, nothing here does I/
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Protocol
 
@@ -14,7 +15,7 @@ from .events import EventLog
 from .health import CheckState, HealthCheck, ProbeResult
 from .origins import Flag, Origin
 from .outlier import Outlier
-from .selector import Selector
+from .selector import Ramp, Selector
 
 __all__ = ["DrillObserver", "Engine"]
 
@@ -36,6 +37,7 @@ class Engine:
         clock: Callable[[], float],
         previous: Engine | None = None,
         pool: str = "default",
+        rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
@@ -50,7 +52,21 @@ class Engine:
         }
         self.outliers = {o.name: Outlier(settings.passive) for o in origins}
         self.next_probe_at: dict[str, float] = {}
-        self.selector = Selector(origins, settings.failback, self._switched)
+        self.selector = Selector(
+            origins,
+            settings.failback,
+            self._switched,
+            balance=settings.balance,
+            least_latency=settings.least_latency,
+            rng=rng,
+            in_flight=_in_flight,
+            on_ramp=self._ramped,
+        )
+        # Called once per attempt: with `least-latency` it also feeds the time to first byte
+        # to the balancer; otherwise it costs nothing more than before.
+        self.on_attempt: Callable[[Origin, str | int, float], None] = self._on_attempt
+        if settings.balance == "least-latency":
+            self.on_attempt = self._on_attempt_timed
         self.try_all = settings.all_down not in ("503", "page")
         self.on_eject: Callable[[Origin, str], None] | None = None  # fleet mode shares these
         self.observer: DrillObserver | None = None  # only while a drill runs
@@ -63,6 +79,7 @@ class Engine:
         """After a config reload: origins whose name and url are unchanged keep their flags,
         health state, passive counters and failback record."""
         self.started_at = previous.started_at
+        previous.selector.active(self.clock())  # a hold-down that just ended moves traffic
         for origin in self.origins:
             old = previous.by_name.get(origin.name)
             if old is None or old.url != origin.url:
@@ -78,7 +95,7 @@ class Engine:
                 outlier.config = self.settings.passive
                 self.outliers[origin.name] = outlier
             self.selector.failback[origin.name] = previous.selector.failback[origin.name]
-        self.selector.reset(self.clock())
+        self.selector.inherit(previous.selector, self.clock())
         old_tier = [o.name for o in previous.selector.tier]
         new_tier = [o.name for o in self.selector.tier]
         if old_tier != new_tier:
@@ -136,6 +153,16 @@ class Engine:
             self.pool,
         )
 
+    def _ramped(self, kind: str, ramp: Ramp, reason: str) -> None:
+        self.events.emit(
+            kind,
+            ",".join(o.name for o in ramp.to),
+            ",".join(o.name for o in ramp.source) or "none",
+            ",".join(o.name for o in ramp.to),
+            reason,
+            self.pool,
+        )
+
     def override(self, origin: Origin, action: str, by: str) -> None:
         """An operator's drain, disable or enable (which clears both)."""
         if action == "enable":
@@ -163,9 +190,21 @@ class Engine:
             self._restore(origin, "ejection time passed and an active probe passed")
         return check.state is not CheckState.UNHEALTHY
 
-    def on_attempt(self, origin: Origin, result: str | int, ttfb: float) -> None:
+    def _on_attempt(self, origin: Origin, result: str | int, ttfb: float) -> None:
         """Count one proxied attempt: an HTTP status, or connect-failure, reset, timeout."""
         reason = self.outliers[origin.name].record(result, ttfb, self.clock())
+        if self.observer is not None:
+            self.observer.attempt(origin, result, ttfb)
+        if reason is not None:
+            self.eject(origin, reason)
+
+    def _on_attempt_timed(self, origin: Origin, result: str | int, ttfb: float) -> None:
+        """`_on_attempt`, and the time to first byte of an answer (or of a timeout) to the
+        balancer; a refused or reset connection says nothing about speed."""
+        now = self.clock()
+        if type(result) is int or result == "timeout":
+            self.selector.observe(origin, ttfb, now)
+        reason = self.outliers[origin.name].record(result, ttfb, now)
         if self.observer is not None:
             self.observer.attempt(origin, result, ttfb)
         if reason is not None:
@@ -234,3 +273,9 @@ class Engine:
             return False
         probed = all(self.checks[o.name].probes > 0 for o in self.origins if o.health.enabled)
         return probed or self.clock() - self.started_at >= self.settings.health.startup_grace
+
+
+def _in_flight(origin: Origin) -> int:
+    """Requests under way at `origin`: its upstream connections in use (one request each)."""
+    pool = origin.pool
+    return 0 if pool is None else int(pool.in_use)

@@ -19,7 +19,8 @@ logger = logging.getLogger("failover.events")
 @dataclass(frozen=True)
 class Event:
     time: float  # wall-clock seconds since the epoch
-    kind: str  # origin-down, origin-up, ejected, restored, traffic-moved, config, override
+    kind: str  # origin-down, origin-up, ejected, restored, traffic-moved, ramp-start, ramp-end,
+    # config, override
     origin: str
     old: str
     new: str

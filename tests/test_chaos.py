@@ -338,3 +338,66 @@ async def test_traffic_leaves_a_slow_primary(
     later = load.started_after(moved.ended)
     assert len(later) >= SETTLE
     assert all(o.origin == "secondary" for o in later), "the slow primary still takes traffic"
+
+
+RAMP = 2.0  # failback.ramp in the gradual failback test
+
+
+async def test_gradual_failback_raises_the_primary_share_over_the_ramp(
+    make_origin: MakeOrigin, make_proxy: MakeProxy
+) -> None:
+    chaos = await start_chaos(make_origin, make_proxy, failback={"ramp": RAMP, "ramp_start": 0.1})
+    load, client = chaos.load, chaos.proxy.client
+    ramps: list[dict[str, Any]] = []
+
+    async def ramp_ended() -> bool:
+        ramp = (await client.get("/_failover/status")).json()["pools"][0]["ramp"]
+        if ramp is not None:
+            ramps.append(ramp)
+        return bool(ramps) and ramp is None
+
+    try:
+        await chaos.warm_up()
+        fault_at = await chaos.switch("refuse")
+        await load.wait_first("secondary", fault_at, timeout=10)
+        moved = load.first("secondary", fault_at)
+        assert moved is not None
+        await load.wait_settled(moved.ended)
+        recovered_at = await chaos.switch("ok")
+        await wait_for(ramp_ended, timeout=10, every=0.05)
+        ended_at = time.monotonic()
+        await load.wait_settled(ended_at)
+    finally:
+        await load.stop()
+    outcomes = load.outcomes
+    assert_no_failures(outcomes)
+    # The status showed the ramp rising from its start towards all of the traffic.
+    assert ramps[0]["to"] == ["primary"] and ramps[0]["from"] == ["secondary"]
+    assert ramps[0]["duration"] == RAMP
+    assert 0.1 <= ramps[0]["share"] < ramps[-1]["share"] <= 1.0
+    # Nothing on the primary before its hold-down has passed; from then on, its share of
+    # each third of the ramp rises; once the ramp is over, all traffic is back on it.
+    back = min(
+        (o for o in outcomes if o.started > recovered_at and o.origin == "primary"),
+        key=lambda o: o.started,
+    )
+    assert back.started >= recovered_at + HOLD_DOWN
+    thirds = [
+        [
+            o
+            for o in outcomes
+            if back.started + i * RAMP / 3 <= o.started < back.started + (i + 1) * RAMP / 3
+        ]
+        for i in range(3)
+    ]
+    share = [sum(o.origin == "primary" for o in part) / len(part) for part in thirds]
+    assert 0.02 < share[0] < 0.5, share
+    assert share[0] < share[1] < share[2], share
+    assert share[2] > 0.6, share
+    later = [o for o in outcomes if o.started > ended_at]  # the status said: ramp over
+    assert later and all(o.origin == "primary" for o in later)
+    events = (await client.get("/_failover/events")).json()["events"]
+    kinds = [e["kind"] for e in events if e["kind"].startswith("ramp")]
+    assert kinds == ["ramp-end", "ramp-start"], kinds  # newest first
+    ended = next(e for e in events if e["kind"] == "ramp-end")
+    assert ended["reason"] == "done: all traffic goes to primary"

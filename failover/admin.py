@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -248,6 +249,15 @@ def engine_status(engine: Engine) -> dict[str, Any]:
     }
 
 
+def _tls_status(origin: Origin) -> dict[str, Any] | None:
+    """An https origin's TLS identity and the expiry of the certificate it last presented."""
+    tls = getattr(origin.pool, "tls", None)
+    if tls is None:
+        return None
+    status: dict[str, Any] = tls.status(time.time())
+    return status
+
+
 def origin_status(engine: Engine, origin: Origin, now: float) -> dict[str, Any]:
     check = engine.checks[origin.name]
     outlier = engine.outliers[origin.name]
@@ -289,6 +299,7 @@ def origin_status(engine: Engine, origin: Origin, now: float) -> dict[str, Any]:
                 else None
             ),
         },
+        "tls": _tls_status(origin),
         "failback": {
             "hold_down": engine.selector.hold_down_for(origin),
             "flaps": failback.flaps,

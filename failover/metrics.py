@@ -59,6 +59,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.cert_expiry = Gauge(
+            "failover_origin_cert_expiry_seconds",
+            "When the certificate an https origin last presented expires (Unix time).",
+            ["pool", "origin"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.failovers = Counter(
             "failover_failovers",
             "Traffic moves between origins.",

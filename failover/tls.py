@@ -414,6 +414,18 @@ class OriginTLS:
         self.certificate: CertificateInfo | None = None
         self.on_certificate: Callable[[CertificateInfo], None] | None = None
 
+    def status(self, now: float) -> dict[str, Any]:
+        """For the status page: the name asked for, verification, the certificate's expiry
+        (None until a handshake has shown it)."""
+        info = self.certificate
+        return {
+            "server_name": self.server_name,
+            "verify": self.verify,
+            "cert_expires_at": info.not_after if info else None,
+            "cert_expires_in_days": round((info.not_after - now) / 86400, 2) if info else None,
+            "cert_names": list(info.names) if info else None,
+        }
+
     def connected(self, sslobj: Any) -> None:
         """A new connection's handshake succeeded (called once per connection)."""
         if sslobj is None:
@@ -462,3 +474,66 @@ def describe(exc: ssl.SSLError) -> str:
     if reason:
         return f"TLS handshake failed: {reason.lower().replace('_', ' ')}"
     return f"TLS handshake failed: {exc}"
+
+
+# -- plain HTTP to HTTPS --------------------------------------------------------------------
+
+_MAX_REDIRECT_HEAD = 8192
+
+
+class RedirectServer:
+    """A plain-HTTP listener that answers every request with a 308 to the same URL on the
+    HTTPS port (`listen.redirect_http_port`). Bounded: an 8 KiB head read within 10 s."""
+
+    def __init__(self, host: str, port: int, https_port: int, head_timeout: float = 10.0) -> None:
+        self.host = host
+        self.port = port
+        self.https_port = https_port
+        self.head_timeout = head_timeout
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._serve, self.host, self.port, limit=_MAX_REDIRECT_HEAD, reuse_port=True
+        )
+
+    async def close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+
+    def location(self, host: str, target: str) -> str:
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if not name or not re.fullmatch(r"[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]", name):
+            name = self.host
+        port = "" if self.https_port == 443 else f":{self.https_port}"
+        if not target.startswith("/"):
+            target = "/"
+        return f"https://{name}{port}{target}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(self.head_timeout):
+                head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            parts = lines[0].split(" ")
+            target = parts[1] if len(parts) == 3 else "/"
+            host = ""
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "host":
+                    host = value.strip()
+            location = self.location(host, target)
+            if any(c in location for c in "\r\n"):
+                location = self.location("", "/")
+            writer.write(
+                b"HTTP/1.1 308 Permanent Redirect\r\nLocation: "
+                + location.encode("latin-1")
+                + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+            pass
+        finally:
+            writer.close()

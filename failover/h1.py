@@ -348,7 +348,9 @@ class Connection(asyncio.Protocol):
             sender.cancel()
         transport = self.transport
         if transport is not None:
-            if abort or transport.get_write_buffer_size():
+            if self.closed:  # asyncio's SSL transport fails on a buffer size query once lost
+                transport.close()
+            elif abort or transport.get_write_buffer_size():
                 transport.abort()
             else:
                 transport.close()

@@ -47,6 +47,9 @@ __all__ = ["App", "create_app"]
 logger = logging.getLogger("failover")
 
 TICK = 1.0  # seconds between housekeeping rounds
+# Housekeeping rounds between two looks at the origins' certificates: one that was far from
+# expiry when it was seen comes within 14 days while connections stay open and resume.
+EXPIRY_CHECK_TICKS = 60
 
 
 class App:
@@ -253,11 +256,15 @@ class App:
         await probe_loop(origin.health, probe, on_result, on_next, self.rng)
 
     async def _housekeeping(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(TICK)
+            ticks += 1
             try:
                 for pool in self.runtime.pools.values():
                     pool.engine.tick()
+                if ticks % EXPIRY_CHECK_TICKS == 0:
+                    self._check_certificates()
                 if self.metrics is not None:
                     self.metrics.flush()
             except Exception:
@@ -346,6 +353,12 @@ class App:
             [f"listen.tls: {problem}; still serving the previous certificates"],
             "certificate file changed",
         )
+
+    def _check_certificates(self) -> None:
+        for origin in self.origins:
+            tls = getattr(origin.pool, "tls", None)
+            if tls is not None and tls.certificate is not None:
+                self._certificate_seen(origin, tls.certificate)
 
     def _certificate_seen(self, origin: Origin, info: CertificateInfo) -> None:
         """An origin presented a certificate (first or new): its expiry to the metric, and an

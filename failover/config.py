@@ -2,8 +2,8 @@
 
 `load_config(path)` is the one entry point. It raises `ConfigError`, whose `problems` are
 lines of the form `origins[1].url: 'ftp://x' is not an http(s) URL`, one per problem.
-Nothing here does I/O beyond reading the file (configfile.py, with its bounds) and a stat of
-`admin.state_file`.
+Nothing here does I/O beyond reading the file (configfile.py, with its bounds), a stat of
+`admin.state_file`, and loading the TLS files it names (certificates, keys, CAs; see tls.py).
 
 Every value `check` accepts, `run` can start with: numbers are finite with sane ranges,
 durations at most a year, and strings that end up in HTTP heads (methods, paths, header names

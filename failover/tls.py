@@ -323,7 +323,12 @@ class ListenerCerts:
             return Path(path).name in names
 
         async for _ in awatch(
-            *folders, watch_filter=ours, debounce=100, step=20, stop_event=self.stop
+            *folders,
+            watch_filter=ours,
+            debounce=100,
+            step=20,
+            stop_event=self.stop,
+            recursive=False,
         ):
             self.check(on_reloaded, on_failed)
 

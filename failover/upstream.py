@@ -25,6 +25,7 @@ import socket
 import ssl
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import h1
 from .config import HealthConfig
@@ -125,8 +126,8 @@ class Upstream:
         on_resend = self.on_resend
         tls: OriginTLS | None = None
         if origin.url.startswith("https://"):
-            host = origin.url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0]
-            tls = OriginTLS(origin.tls, host.strip("[]")) if origin.tls else None
+            host = urlsplit(origin.url).hostname or ""
+            tls = OriginTLS(origin.tls, host) if origin.tls else None
         on_certificate = self.on_certificate
         if tls is not None and on_certificate is not None:
             tls.on_certificate = lambda info: on_certificate(origin, info)

@@ -628,3 +628,47 @@ async def test_plain_http_is_redirected_to_https(
         writer.close()
     assert response.status == 308
     assert response.get("location") == f"https://a.test:{https_port}/a/b?c=1"
+
+
+async def test_a_certificate_that_comes_within_14_days_while_in_use_raises_an_event(
+    ca: TestCA, tls_origin: Any, make_proxy: MakeProxy
+) -> None:
+    import time
+
+    now = [time.time()]
+    origin = await tls_origin([ca.issue("primary.test", not_after=days(20))])
+    config = proxy_config(
+        origin_config("primary", origin.url, 0, tls=tls_to(ca, "primary.test")), health=NO_CHECKS
+    )
+    proxy = await make_proxy(config, wall_clock=lambda: now[0])
+    assert (await proxy.client.get("/x")).status_code == 200
+
+    def expiring() -> list[Any]:
+        return [e for e in proxy.app.events.newest_first(50) if e.kind == "certificate-expiring"]
+
+    proxy.app._check_certificates()
+    assert expiring() == []
+    now[0] += 7 * 86400  # a week on, the same connection still open
+    proxy.app._check_certificates()
+    proxy.app._check_certificates()
+    assert len(expiring()) == 1
+    assert "expires in 13.0 days" in expiring()[0].reason
+
+
+async def test_a_reload_that_changes_an_origins_tls_gives_it_a_new_pool(
+    ca: TestCA, tls_origin: Any, make_proxy: MakeProxy
+) -> None:
+    origin = await tls_origin([ca.issue("a.test"), ca.issue("b.test")])
+    config = proxy_config(
+        origin_config("primary", origin.url, 0, tls=tls_to(ca, "a.test")), health=NO_CHECKS
+    )
+    proxy = await make_proxy(config)
+    assert (await proxy.client.get("/x")).json()["sni"] == "a.test"
+    before = proxy.app.origins[0].pool
+
+    proxy.app.apply(build_settings(config))  # unchanged: the pool and its connections stay
+    assert proxy.app.origins[0].pool is before
+    config["origins"][0]["tls"] = tls_to(ca, "b.test")
+    proxy.app.apply(build_settings(config))
+    assert proxy.app.origins[0].pool is not before
+    assert (await proxy.client.get("/x")).json()["sni"] == "b.test"

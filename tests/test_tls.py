@@ -468,6 +468,8 @@ async def test_the_listener_serves_each_name_its_certificate(
         assert response.status == 200
         assert response.get("x-origin") == "backend"
         assert names_of(cert) == [name]
+        sent = dict((k.lower(), v) for k, v in response.json()["headers"])
+        assert sent["x-forwarded-proto"] == "https"
     # No server name (or an unknown one): the first certificate.
     _, cert = await https_get(proxy.port, None, ca)
     assert names_of(cert) == ["a.test"]

@@ -21,14 +21,17 @@ What it starts, each on a free port on 127.0.0.1, from a temporary directory:
 
 Both proxies keep their upstream connections alive and resume TLS sessions on new ones. wrk
 (`-t1 -c32 --latency`, keep-alive) runs against each target in interleaved rounds (the order
-rotates each round); the table holds the median over rounds of req/s, p50 and p99, and the
-ratio to nginx with the same ends in TLS. Last come the target (failover >= 0.3x nginx, TLS
+rotates each round); the table holds the median over rounds of req/s, p50 and p99, the
+ratio to nginx with the same ends in TLS, and the CPU time per request of each proxy (its
+processes' user + system time over the requests served; it moves far less with the machine's
+load than req/s does). Last come the target (failover >= 0.3x nginx, TLS
 to the origin) and whether it was met.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -39,6 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
+from tests.bench.compare import cpu_seconds
 from tests.bench.throughput import (  # a sibling script
     NGINX,
     WRK,
@@ -165,6 +169,16 @@ def wait_ready(service: Service, ca_file: str, timeout: float = 30.0) -> None:
     raise RuntimeError(f"{service.name} did not become ready ({last}); its log:\n{log}")
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its children (an nginx master and its worker)."""
+    total = cpu_seconds(pid)
+    with contextlib.suppress(OSError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            with contextlib.suppress(OSError):
+                total += cpu_seconds(int(child))
+    return total
+
+
 def benchmark(args: argparse.Namespace) -> None:
     rounds, duration = (1, 3.0) if args.quick else (3, 8.0)
     for tool in (NGINX, WRK):
@@ -213,6 +227,7 @@ def benchmark(args: argparse.Namespace) -> None:
 
         targets = list(services)
         rows = {t: Row(t, "1 KiB") for t in targets}
+        cpu: dict[str, list[float]] = {t: [] for t in targets}  # us per request, per round
         for service in services.values():  # warm the pools and sessions, unmeasured
             run_wrk(service.url + PATH, 1)
         for index in range(rounds):
@@ -221,11 +236,17 @@ def benchmark(args: argparse.Namespace) -> None:
             order = [t for pair in pairs for t in (pair if index % 2 == 0 else pair[::-1])]
             print(f"round {index + 1}/{rounds}: {', '.join(order)}", flush=True)
             for target in order:
-                rows[target].results.append(run_wrk(services[target].url + PATH, duration))
+                pid = services[target].process.pid
+                before = tree_cpu(pid)
+                result = run_wrk(services[target].url + PATH, duration)
+                rows[target].results.append(result)
+                requests = result.requests_per_s * duration
+                cpu[target].append((tree_cpu(pid) - before) / max(requests, 1) * 1e6)
 
         print()
         header = (
-            f"{'target':<15} {'req/s':>9} {'(min-max)':>17} {'p50':>9} {'p99':>9} {'vs nginx':>9}"
+            f"{'target':<15} {'req/s':>9} {'(min-max)':>17} {'p50':>9} {'p99':>9} "
+            f"{'vs nginx':>9} {'CPU/req':>9} {'nginx/ours':>10}"
         )
         print(header)
         print("-" * len(header))
@@ -235,10 +256,12 @@ def benchmark(args: argparse.Namespace) -> None:
                 rates = [r.requests_per_s for r in row.results]
                 spread = f"({min(rates):,.0f}-{max(rates):,.0f})"
                 ratio = row.rate / rows[theirs].rate
+                per_request = statistics.median(cpu[target])
+                cpu_ratio = statistics.median(cpu[theirs]) / per_request
                 print(
                     f"{target:<15} {row.rate:>9,.0f} {spread:>17} "
                     f"{fmt_ms(row.median('p50_ms')):>9} {fmt_ms(row.median('p99_ms')):>9} "
-                    f"{ratio:>8.2f}x"
+                    f"{ratio:>8.2f}x {per_request:>6.1f} us {cpu_ratio:>9.2f}x"
                 )
                 for error in sorted({r.errors for r in row.results if r.errors}):
                     print(f"{'':<15} warning: {error}")
@@ -253,6 +276,11 @@ def benchmark(args: argparse.Namespace) -> None:
                 f"{r:.2f}x" for r in paired_ratios(rows["failover-https"], rows["nginx-https"])
             )
             + f" (median {https_ratio:.2f}x)"
+        )
+        print(
+            "CPU/req: user + system CPU time of the proxy's processes per request (median over "
+            "rounds); nginx/ours is nginx's CPU per request over ours, the req/s ratio one "
+            "core each would give on an idle machine"
         )
         print(f"load average at the end: {os.getloadavg()[0]:.2f}")
         check = Check(

@@ -674,3 +674,16 @@ async def test_a_reload_that_changes_an_origins_tls_gives_it_a_new_pool(
     proxy.app.apply(build_settings(config))
     assert proxy.app.origins[0].pool is not before
     assert (await proxy.client.get("/x")).json()["sni"] == "b.test"
+
+
+def test_the_redirect_keeps_the_host_and_target_and_refuses_odd_hosts() -> None:
+    from failover.tls import RedirectServer
+
+    server = RedirectServer("0.0.0.0", 80, 443)
+    assert server.location("www.example.com", "/a?b=1") == "https://www.example.com/a?b=1"
+    assert server.location("www.example.com:80", "/") == "https://www.example.com/"
+    assert server.location("[::1]:80", "/x") == "https://[::1]/x"
+    # A Host that is not a host name falls back to the listen address, never into the URL.
+    assert server.location("evil.test/@x", "/") == "https://0.0.0.0/"
+    assert server.location("", "*") == "https://0.0.0.0/"
+    assert RedirectServer("h", 80, 8443).location("a.test", "/") == "https://a.test:8443/"

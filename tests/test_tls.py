@@ -687,3 +687,24 @@ def test_the_redirect_keeps_the_host_and_target_and_refuses_odd_hosts() -> None:
     assert server.location("evil.test/@x", "/") == "https://0.0.0.0/"
     assert server.location("", "*") == "https://0.0.0.0/"
     assert RedirectServer("h", 80, 8443).location("a.test", "/") == "https://a.test:8443/"
+
+
+async def test_each_worker_builds_its_own_certificates_from_the_settings(ca: TestCA) -> None:
+    import pickle
+
+    from failover.config import ListenTLSConfig
+    from failover.listener import WorkerCertificates
+
+    a = ca.issue("a.test")
+    factory = WorkerCertificates(ListenTLSConfig.model_validate(listen_tls(a)))
+    copy = pickle.loads(pickle.dumps(factory))  # what a worker process receives
+    context = copy(None, lambda: ssl.create_default_context())
+    try:
+        assert copy.certs is not None and copy.certs.infos[0].names == ("a.test",)
+        assert context.sni_callback is not None
+        assert copy.task is not None and not copy.task.done()  # the worker watches the files
+    finally:
+        assert copy.certs is not None
+        copy.certs.stop.set()
+        assert copy.task is not None
+        await asyncio.wait_for(copy.task, 5)

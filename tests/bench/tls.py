@@ -18,10 +18,13 @@ What it starts, each on a free port on 127.0.0.1, from a temporary directory:
                   `proxy_ssl_session_reuse on`, the same server name and CA, verification on
   failover-https  failover as above, and HTTPS on the listener too (listen.tls)
   nginx-https     nginx-proxy as above, and `listen ssl`
+  failover-plain  failover to the origin's plain-HTTP port (what TLS costs, same run)
+  nginx-plain     nginx-proxy to the origin's plain-HTTP port
 
 Both proxies keep their upstream connections alive and resume TLS sessions on new ones. wrk
 (`-t1 -c32 --latency`, keep-alive) runs against each target in interleaved rounds (the order
-rotates each round); the table holds the median over rounds of req/s, p50 and p99, the
+rotates each round), the failover-plain and nginx-plain pair showing what TLS to the origin
+costs each; the table holds the median over rounds of req/s, p50 and p99, the
 ratio to nginx with the same ends in TLS, and the CPU time per request of each proxy (its
 processes' user + system time over the requests served; it moves far less with the machine's
 load than req/s does). Last come the target (failover >= 0.3x nginx, TLS
@@ -62,7 +65,13 @@ from tests.bench.throughput import (  # a sibling script
 MIN_RATIO = 0.3  # failover's 1 KiB req/s against nginx's, both proxying the HTTPS origin
 PATH = "/1k.bin"
 ORIGIN_NAME = "origin.test"
-PAIRS = (("failover", "nginx-proxy"), ("failover-https", "nginx-https"))
+PAIRS = (
+    ("failover", "nginx-proxy"),
+    ("failover-https", "nginx-https"),
+    ("failover-plain", "nginx-plain"),
+)
+# Per pair: (the proxy listens with TLS, the proxy reaches the origin with TLS).
+MODES = {"": (False, True), "-https": (True, True), "-plain": (False, False)}
 
 
 class Certificates:
@@ -83,9 +92,10 @@ class Certificates:
             self.files[name] = (cert_file, key_file)
 
 
-def origin_config(prefix: Path, port: int, www: Path, certs: Certificates) -> str:
+def origin_config(prefix: Path, port: int, plain_port: int, www: Path, certs: Certificates) -> str:
     cert_file, key_file = certs.files[ORIGIN_NAME]
     server = f"""server {{
+        listen 127.0.0.1:{plain_port};
         listen 127.0.0.1:{port} ssl;
         ssl_certificate {cert_file};
         ssl_certificate_key {key_file};
@@ -97,7 +107,7 @@ def origin_config(prefix: Path, port: int, www: Path, certs: Certificates) -> st
 
 
 def nginx_proxy_config(
-    prefix: Path, port: int, origin_port: int, certs: Certificates, https: bool
+    prefix: Path, port: int, origin_port: int, certs: Certificates, https: bool, to_tls: bool
 ) -> str:
     upstream = f"""upstream origin {{
         server 127.0.0.1:{origin_port};
@@ -109,33 +119,39 @@ def nginx_proxy_config(
         cert_file, key_file = certs.files["proxy.test"]
         listen += f" ssl;\n        ssl_certificate {cert_file};\n"
         listen += f"        ssl_certificate_key {key_file}"
-    server = f"""server {{
-        {listen};
-        location / {{
-            proxy_pass https://origin;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
+    upstream_tls = f"""
             proxy_ssl_session_reuse on;
             proxy_ssl_server_name on;
             proxy_ssl_name {ORIGIN_NAME};
             proxy_ssl_verify on;
-            proxy_ssl_trusted_certificate {certs.ca_file};
+            proxy_ssl_trusted_certificate {certs.ca_file};"""
+    server = f"""server {{
+        {listen};
+        location / {{
+            proxy_pass {"https" if to_tls else "http"}://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";{upstream_tls if to_tls else ""}
         }}
     }}"""
     return nginx_config(prefix, server, upstream)
 
 
-def failover_config(port: int, origin_port: int, certs: Certificates, https: bool) -> str:
+def failover_config(
+    port: int, origin_port: int, certs: Certificates, https: bool, to_tls: bool
+) -> str:
     listen = f"host: 127.0.0.1, port: {port}"
     if https:
         cert_file, key_file = certs.files["proxy.test"]
         listen += f', tls: {{certificates: [{{cert_file: "{cert_file}", key_file: "{key_file}"}}]}}'
+    origin = f'{{name: origin, url: "http://127.0.0.1:{origin_port}"}}'
+    if to_tls:
+        origin = (
+            f'{{name: origin, url: "https://127.0.0.1:{origin_port}", '
+            f'tls: {{server_name: {ORIGIN_NAME}, ca_file: "{certs.ca_file}"}}}}'
+        )
     return f"""
 listen: {{{listen}}}
-origins:
-  - name: origin
-    url: "https://127.0.0.1:{origin_port}"
-    tls: {{server_name: {ORIGIN_NAME}, ca_file: "{certs.ca_file}"}}
+origins: [{origin}]
 shutdown_timeout: 5
 """
 
@@ -200,25 +216,26 @@ def benchmark(args: argparse.Namespace) -> None:
             f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at the start",
             flush=True,
         )
-        origin_port = free_port()
+        origin_port, plain_port = free_port(), free_port()
         origin = start_nginx(
             procs,
             workdir,
             "origin",
-            origin_config(workdir / "origin", origin_port, www, certs),
+            origin_config(workdir / "origin", origin_port, plain_port, www, certs),
             origin_port,
         )
         origin.url = f"https://127.0.0.1:{origin_port}"
         wait_ready(origin, certs.ca_file)
         services: dict[str, Service] = {}
-        for https in (False, True):
+        for suffix, (https, to_tls) in MODES.items():
+            to_port = origin_port if to_tls else plain_port
             port = free_port()
-            name = "failover-https" if https else "failover"
-            config = failover_config(port, origin_port, certs, https)
+            name = f"failover{suffix}"
+            config = failover_config(port, to_port, certs, https, to_tls)
             services[name] = start_failover(procs, workdir, name, config, port)
             port = free_port()
-            name = "nginx-https" if https else "nginx-proxy"
-            config = nginx_proxy_config(workdir / name, port, origin_port, certs, https)
+            name = f"nginx{suffix or '-proxy'}"
+            config = nginx_proxy_config(workdir / name, port, to_port, certs, https, to_tls)
             services[name] = start_nginx(procs, workdir, name, config, port)
         for name, service in services.items():
             if name.endswith("https"):
@@ -276,6 +293,12 @@ def benchmark(args: argparse.Namespace) -> None:
                 f"{r:.2f}x" for r in paired_ratios(rows["failover-https"], rows["nginx-https"])
             )
             + f" (median {https_ratio:.2f}x)"
+        )
+        ours_cost = statistics.median(cpu["failover"]) / statistics.median(cpu["failover-plain"])
+        nginx_cost = statistics.median(cpu["nginx-proxy"]) / statistics.median(cpu["nginx-plain"])
+        print(
+            f"TLS to the origin, CPU per request against plain HTTP to it: failover "
+            f"{ours_cost:.2f}x, nginx {nginx_cost:.2f}x"
         )
         print(
             "CPU/req: user + system CPU time of the proxy's processes per request (median over "

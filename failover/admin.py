@@ -152,6 +152,9 @@ def build_admin(app: AdminHost) -> Starlette:
             body["active"] = pools[0]["active"]  # the single-pool form's one answer
         body["overrides"] = app.overrides.entries
         body["last_reload"] = app.last_reload
+        certs = getattr(app, "certs", None)
+        if certs is not None:  # the listener's certificates, as served now
+            body["listener_certificates"] = certs.status(time.time())
         if app.fleet is not None:
             body["fleet"] = {
                 "process": app.fleet.id,

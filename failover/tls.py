@@ -292,6 +292,17 @@ class ListenerCerts:
                 chosen = found
         sslobj.context = chosen
 
+    def status(self, now: float) -> list[dict[str, Any]]:
+        return [
+            {
+                "cert_file": cert_file,
+                "names": list(info.names),
+                "expires_at": info.not_after,
+                "expires_in_days": round((info.not_after - now) / 86400, 2),
+            }
+            for (cert_file, _), info in zip(self.certificates, self.infos, strict=True)
+        ]
+
     @property
     def files(self) -> list[str]:
         return [path for pair in self.certificates for path in pair]

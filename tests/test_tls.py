@@ -473,6 +473,11 @@ async def test_the_listener_serves_each_name_its_certificate(
     # No server name (or an unknown one): the first certificate.
     _, cert = await https_get(proxy.port, None, ca)
     assert names_of(cert) == ["a.test"]
+    response, _ = await https_get(proxy.port, "b.test", ca, "/_failover/status")
+    listed = response.json()["listener_certificates"]
+    assert [c["names"] for c in listed] == [["a.test"], ["b.test"]]
+    assert [c["cert_file"] for c in listed] == [a.cert_file, b.cert_file]
+    assert 89 < listed[0]["expires_in_days"] <= 90
 
 
 async def test_the_listener_keeps_to_its_minimum_version(

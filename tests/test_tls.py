@@ -713,3 +713,21 @@ async def test_each_worker_builds_its_own_certificates_from_the_settings(ca: Tes
         copy.certs.stop.set()
         assert copy.task is not None
         await asyncio.wait_for(copy.task, 5)
+
+
+def test_certificate_info_refuses_any_garbage_with_a_value_error(ca: TestCA) -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    der = ssl.PEM_cert_to_DER_cert(ca.issue("x.test").cert.cert_chain_pems[0].bytes().decode())
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=64), st.integers(0, len(der)), st.binary(max_size=8))
+    def check(noise: bytes, cut: int, patch: bytes) -> None:
+        for data in (noise, der[:cut], der[:cut] + patch + der[cut + len(patch) :]):
+            try:
+                certificate_info(data)
+            except ValueError:
+                pass
+
+    check()

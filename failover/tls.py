@@ -36,9 +36,16 @@ __all__ = [
     "CertificateInfo",
     "ListenerCerts",
     "OriginTLS",
+    "RedirectServer",
     "TLSFileError",
+    "TLSSettings",
     "certificate_info",
+    "check_ca",
+    "check_pair",
     "describe",
+    "expiry_warnings",
+    "load_ca",
+    "load_chain",
     "load_server_context",
 ]
 
@@ -395,7 +402,8 @@ class _ResumingContext(ssl.SSLContext):
 
 @dataclass(frozen=True)
 class TLSSettings:
-    """What `OriginTLS` needs of an origin's `tls:` block (config.OriginTLSConfig)."""
+    """What `OriginTLS` needs of an origin's `tls:` block (config.OriginTLSConfig has the
+    same fields; this stands in for it where no config is at hand)."""
 
     server_name: str | None = None
     verify: bool = True

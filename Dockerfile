@@ -9,6 +9,7 @@ RUN pip install . && rm -rf /src
 
 RUN useradd --system --uid 10001 --no-create-home failover
 COPY config/failover.yaml /etc/failover/failover.yaml
+COPY config/maintenance.html /etc/failover/maintenance.html
 USER failover
 WORKDIR /tmp
 

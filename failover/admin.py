@@ -3,14 +3,18 @@
 healthz and readyz answer anyone (load balancers and Kubernetes probe them). status, events,
 metrics and the dashboard answer only clients in `admin.allow`, judged by the socket peer (or,
 behind a proxy listed in `admin.trust_forwarded`, by X-Forwarded-For). Overrides (drain,
-disable, enable) also need the bearer token `admin.token`.
+disable, enable) and reload also need the bearer token `admin.token`. A request to any of the
+`admin.allow` endpoints that presents a bearer token other than `admin.token` is refused (401),
+so that a client with a stale token learns it on its first call.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -26,6 +30,7 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
+from .configfile import quote
 from .dashboard import dashboard_page
 from .engine import Engine
 from .events import EventLog
@@ -34,6 +39,7 @@ from .metrics import CONTENT_TYPE, Metrics
 from .origins import Origin
 from .overrides import ACTIONS, OverrideStore
 from .pool import Pool
+from .public import MAX_NOTICE
 from .runtime import Runtime
 
 __all__ = ["AdminHost", "build_admin", "client_address", "engine_status", "pool_status"]
@@ -62,9 +68,18 @@ class AdminHost(Protocol):
 
     def override(self, origin: Origin, action: str, by: str) -> None: ...
 
+    def reload(self, trigger: str) -> dict[str, Any] | None:
+        """Re-read the config file and apply it if valid; the outcome (`last_reload`), or None
+        when the proxy runs without a config file."""
+        ...
+
+    def set_notice(self, text: str, pool: str | None) -> None: ...
+
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+MAX_WAIT = 30.0  # seconds a long poll of /events may hold its request
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -92,7 +107,14 @@ def client_address(request: Request, trusted: list[Network]) -> str:
 
 
 def _plain(status: int, text: str, **headers: str) -> PlainTextResponse:
-    phrase = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found"}
+    phrase = {
+        400: "Bad Request",
+        401: "Unauthorized",
+        403: "Forbidden",
+        404: "Not Found",
+        409: "Conflict",
+        413: "Content Too Large",
+    }
     return PlainTextResponse(f"{status} {phrase[status]}: {text}\n", status, headers=headers)
 
 
@@ -111,13 +133,38 @@ def build_admin(app: AdminHost) -> Starlette:
             )
         return cache[key]
 
+    def wrong_token(request: Request) -> Response | None:
+        """401 when the request presents a bearer token that is not `admin.token`."""
+        token = app.runtime.settings.admin.token
+        sent = request.headers.get("authorization")
+        if token is None or sent is None:
+            return None
+        scheme, _, credential = sent.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            credential.strip().encode(), token.encode()
+        ):
+            return None
+        return _plain(401, "wrong or missing bearer token", **{"WWW-Authenticate": "Bearer"})
+
+    def unauthorized(request: Request) -> Response | None:
+        """The refusal of a mutation without the right token, or None to go ahead."""
+        if app.runtime.settings.admin.token is None:
+            return _plain(
+                403,
+                "admin mutations are off: set admin.token in the config "
+                "(or FAILOVER_ADMIN__TOKEN) and send it as 'Authorization: Bearer <token>'",
+            )
+        if "authorization" not in request.headers:
+            return _plain(401, "wrong or missing bearer token", **{"WWW-Authenticate": "Bearer"})
+        return wrong_token(request)
+
     def restricted(endpoint: Endpoint) -> Endpoint:
         async def guarded(request: Request) -> Response:
             allow, trusted = networks()
             client = client_address(request, trusted)
             if not _within(_address(client), allow):
                 return _plain(403, f"{client or 'this client'} is not in admin.allow")
-            return await endpoint(request)
+            return wrong_token(request) or await endpoint(request)
 
         return guarded
 
@@ -164,17 +211,55 @@ def build_admin(app: AdminHost) -> Starlette:
         return JSONResponse(body)
 
     async def events(request: Request) -> Response:
+        query = request.query_params
+        if "after" in query:
+            return await follow(request)
         try:
-            limit = int(request.query_params.get("limit", "100"))
+            limit = int(query.get("limit", "100"))
         except ValueError:
-            return _plain(400, "limit must be a whole number")
+            return _plain(400, f"limit must be a whole number, got {query['limit']!r}")
         limit = max(0, limit)
         if app.fleet is not None:
             shared = await app.fleet.recent_events(limit)
             if shared is not None:
                 return JSONResponse({"events": shared, "source": "fleet"})
         items = app.events.newest_first(limit)
-        return JSONResponse({"events": [event.as_dict() for event in items], "source": "local"})
+        return JSONResponse(
+            {
+                "events": [event.as_dict() for event in items],
+                "source": "local",
+                "next": app.events.emitted,  # where `after` follows on from
+            }
+        )
+
+    async def follow(request: Request) -> Response:
+        """A long poll: this process's events numbered `after` or later, oldest first, waiting
+        up to `wait` seconds for the first one; `next` is the cursor for the following poll."""
+        query = request.query_params
+        try:
+            after = int(query["after"])
+            wait = float(query.get("wait", "0"))
+        except ValueError:
+            return _plain(
+                400,
+                f"after must be a whole number and wait a number of seconds, "
+                f"got after={query['after']!r} wait={query.get('wait', '0')!r}",
+            )
+        if after < 0 or not 0 <= wait <= MAX_WAIT:
+            return _plain(
+                400,
+                f"after must be 0 or more and wait from 0 to {MAX_WAIT:g} s, "
+                f"got after={after} wait={wait:g}",
+            )
+        await app.events.wait(after, wait)
+        items = app.events.since(after)
+        return JSONResponse(
+            {
+                "events": [event.as_dict() for event in items],
+                "source": "local",
+                "next": app.events.emitted,
+            }
+        )
 
     async def metrics(request: Request) -> Response:
         if app.metrics is None:
@@ -187,19 +272,9 @@ def build_admin(app: AdminHost) -> Starlette:
         return HTMLResponse(page, headers=page_headers)
 
     async def override(request: Request) -> Response:
-        token = app.runtime.settings.admin.token
-        if token is None:
-            return _plain(
-                403,
-                "admin mutations are off: set admin.token in the config "
-                "(or FAILOVER_ADMIN__TOKEN) and send it as 'Authorization: Bearer <token>'",
-            )
-        sent = request.headers.get("authorization", "")
-        scheme, _, credential = sent.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            credential.strip().encode(), token.encode()
-        ):
-            return _plain(401, "wrong or missing bearer token", **{"WWW-Authenticate": "Bearer"})
+        refusal = unauthorized(request)
+        if refusal is not None:
+            return refusal
         name = request.path_params["name"]
         action = request.path_params["action"]
         if action not in ACTIONS:
@@ -212,9 +287,25 @@ def build_admin(app: AdminHost) -> Starlette:
         app.override(origin, action, by)
         return JSONResponse({"origin": name, "action": action, "state": origin.state, "by": by})
 
+    async def reload(request: Request) -> Response:
+        refusal = unauthorized(request)
+        if refusal is not None:
+            return refusal
+        outcome = app.reload("admin API")
+        if outcome is None:
+            return _plain(409, "the proxy runs without a config file: there is nothing to reload")
+        return JSONResponse(outcome, status_code=200 if outcome["result"] == "ok" else 422)
+
+    async def notice(request: Request) -> Response:
+        refusal = unauthorized(request)
+        if refusal is not None:
+            return refusal
+        return await _set_notice(app, request)
+
     async def not_found(request: Request) -> Response:
         known = ", ".join(
-            f"{prefix}/{name}" for name in ("", "healthz", "readyz", "status", "events", "metrics")
+            f"{prefix}/{name}"
+            for name in ("", "healthz", "readyz", "status", "events", "metrics", "reload")
         )
         return _plain(404, f"{request.url.path} is not an admin endpoint (known: {known})")
 
@@ -227,10 +318,47 @@ def build_admin(app: AdminHost) -> Starlette:
             Route(f"{prefix}/events", restricted(events), methods=["GET"]),
             Route(f"{prefix}/metrics", restricted(metrics), methods=["GET"]),
             Route(f"{prefix}/origins/{{name}}/{{action}}", restricted(override), methods=["POST"]),
+            Route(f"{prefix}/reload", restricted(reload), methods=["POST"]),
+            Route(f"{prefix}/notice", restricted(notice), methods=["POST"]),
             Route(f"{prefix}/{{rest:path}}", not_found),
             Route(prefix, lambda request: RedirectResponse(f"{prefix}/")),
         ]
     )
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # newline and tab are fine
+_NOTICE_BODY = 4 * MAX_NOTICE + 1024  # bytes: room for escapes, never unbounded
+
+
+async def _set_notice(app: AdminHost, request: Request) -> Response:
+    """`POST {prefix}/notice` with `{"notice": "...", "pool": "..."}`; an empty notice clears
+    it; without `pool` it is the notice of every pool."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _NOTICE_BODY:
+            return _plain(413, f"the body is larger than {_NOTICE_BODY} bytes")
+    expected = 'expected a JSON object such as {"notice": "Maintenance until 14:00 UTC"}'
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return _plain(400, f"the body is not JSON; {expected}")
+    if not isinstance(data, dict) or not isinstance(data.get("notice"), str):
+        return _plain(400, f"{quote(data)} has no string 'notice'; {expected}")
+    unknown = sorted(set(data) - {"notice", "pool"})
+    if unknown:
+        return _plain(400, f"unknown keys {', '.join(map(quote, unknown))}; {expected}")
+    text: str = data["notice"].strip()
+    if len(text) > MAX_NOTICE:
+        return _plain(400, f"the notice has {len(text)} characters; at most {MAX_NOTICE}")
+    if _CONTROL.search(text):
+        return _plain(400, f"the notice {quote(text)} holds a control character")
+    pool = data.get("pool")
+    if pool is not None and pool not in app.runtime.pools:
+        known = ", ".join(app.runtime.pools)
+        return _plain(404, f"no pool named {quote(pool)} (known: {known})")
+    app.set_notice(text, pool)
+    return JSONResponse({"notice": text or None, "pool": pool})
 
 
 # -- status JSON ----------------------------------------------------------------------------
@@ -268,6 +396,7 @@ def origin_status(engine: Engine, origin: Origin, now: float) -> dict[str, Any]:
     total, failures, slow = outlier.window(now)
     next_probe = engine.next_probe_at.get(origin.name)
     latency = outlier.mean_latency(now)
+    dns = getattr(origin.pool, "dns", None)  # set when the url names a host, not an IP
     return {
         "name": origin.name,
         "pool": origin.pool_name,
@@ -279,6 +408,7 @@ def origin_status(engine: Engine, origin: Origin, now: float) -> dict[str, Any]:
         "flags": sorted(flag.value for flag in origin.flags),
         "reason": origin.reason,
         "since_seconds": round(now - origin.changed_at, 3) if origin.changed_at else None,
+        "dns": dns.entry.status(now) if dns is not None else None,
         "check": {
             "state": check.state.value,
             "consecutive_passes": check.passes,

@@ -23,10 +23,11 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .admin import build_admin
 from .config import Settings, default_config_path, load_config
+from .dnscache import Update
 from .engine import Engine
 from .events import Event, EventLog
 from .fleet import Fleet, origin_key
@@ -36,8 +37,11 @@ from .metrics import Metrics
 from .notify import Webhooks
 from .origins import Origin
 from .overrides import OverrideStore
+from .pages import MaintenancePage, load_page
 from .proxy import Proxy
+from .public import StatusBoard, build_public
 from .reload import Reloader
+from .resolver import HostAddresses, Resolver
 from .runtime import Runtime, build_runtime
 from .tls import EXPIRY_WARNING, CertificateInfo, ListenerCerts, RedirectServer
 from .upstream import Upstream
@@ -99,11 +103,26 @@ class App:
             )
             if listen.redirect_http_port is not None:
                 self.redirect = RedirectServer(listen.host, listen.redirect_http_port, listen.port)
+        self.resolver = Resolver(
+            settings.dns,
+            clock,
+            self.spawn,
+            self._dns_update,
+            self.metrics.dns if self.metrics else None,
+        )
+        self.upstream.resolver = self.resolver
         self.fleet = Fleet(self, settings.fleet, wall_clock) if settings.fleet else None
         if self.fleet is not None:
             self.events.subscribe(self.fleet.event)
         self.runtime = self._runtime(settings, None)
         self.admin = build_admin(self)
+        # The public feed and its incident history outlive config reloads.
+        self.board = StatusBoard(lambda: self.runtime.pools, wall_clock(), settings.public.history)
+        self.events.subscribe(self.board.observe)
+        self.public: ASGIApp | None = None
+        if settings.public.enabled:
+            self.public = build_public(self.board, lambda: self.settings.public, wall_clock)
+        self.page: MaintenancePage | None = load_page(settings.pages.unavailable)
         self.apply_overrides()
         self.proxy = self._proxy(self.runtime)
         path = Path(config_path) if config_path else None
@@ -143,6 +162,9 @@ class App:
             self.admin,
             self.clock,
             self.metrics,
+            page=self.page,
+            board=self.board,
+            public=self.public,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -205,6 +227,7 @@ class App:
             self.certs.stop.set()
         if self.redirect is not None:
             await self.redirect.close()
+        self.resolver.stop()
         tasks, self.tasks = self.tasks, set()
         for task in tasks:
             task.cancel()
@@ -282,7 +305,7 @@ class App:
     def apply(self, settings: Settings, trigger: str = "reload") -> None:
         """Swap in a validated config."""
         old = self.settings
-        for key in ("listen", "admin", "fleet", "limits"):
+        for key in ("listen", "admin", "fleet", "limits", "events"):
             before, after = getattr(old, key), getattr(settings, key)
             if key == "admin":
                 before, after = before.prefix, after.prefix
@@ -294,11 +317,22 @@ class App:
                     before,
                     after,
                 )
+        if settings.public.enabled != old.public.enabled or (
+            settings.public.prefix != old.public.prefix
+        ):
+            logger.warning(
+                "public.enabled or public.prefix changed: it takes effect after a restart; "
+                "the rest of the new config is applied now."
+            )
+        self.board.resize(settings.public.history)
+        self.page = load_page(settings.pages.unavailable)
         previous = self.runtime
         runtime = self._runtime(settings, previous)
+        self.resolver.configure(settings.dns)
         retired = self.upstream.sync(
             settings.proxy.max_connections_per_origin, list(runtime.origins.values())
         )
+        self.resolver.retain(self.upstream.hostnames())
         self.runtime = runtime
         self.apply_overrides()
         self.proxy = self._proxy(runtime)
@@ -323,6 +357,13 @@ class App:
             self.metrics.reloads.labels("ok").inc()
         self.events.emit("config-reloaded", "-", "", "", summary)
         self._update_gauges()
+
+    def reload(self, trigger: str) -> dict[str, Any] | None:
+        """Re-read the config file now (the admin API's reload); None without a file."""
+        if self.reloader.config_path is None:
+            return None
+        self.reloader.reload(trigger)
+        return self.last_reload
 
     def reload_failed(self, problems: list[str], trigger: str) -> None:
         for problem in problems:
@@ -379,6 +420,22 @@ class App:
                 origin.pool_name,
             )
 
+    # -- DNS --------------------------------------------------------------------------------
+
+    def _dns_update(self, host: HostAddresses, update: Update) -> None:
+        """A host name's answer changed in a way worth an event; NXDOMAIN (or no address)
+        fails the origins that use it, a name that resolves again brings them back."""
+        assert update.event is not None
+        users = [o for o in self.origins if getattr(o.pool, "dns", None) is host]
+        names = ",".join(o.name for o in users) or host.host
+        self.events.emit(update.event, names, "", host.entry.state, update.reason)
+        for origin in users:
+            engine = self.runtime.pool_of(origin).engine
+            if update.event == "dns-nxdomain":
+                engine.dns_missing(origin, f"DNS: {update.reason}")
+            elif update.event == "dns-recovered":
+                engine.dns_back(origin, f"DNS: {update.reason}")
+
     # -- operator overrides -----------------------------------------------------------------
 
     def override(self, origin: Origin, action: str, by: str) -> None:
@@ -386,6 +443,12 @@ class App:
         self.runtime.pool_of(origin).engine.override(origin, action, by)
         if self.fleet is not None:
             self.fleet.override(origin.name, entry)
+
+    def set_notice(self, text: str, pool: str | None) -> None:
+        """The operator's notice on the public feed and the maintenance page."""
+        self.board.set_notice(text, pool)
+        where = f"pool {pool}" if pool else "every pool"
+        logger.warning("Notice for %s %s.", where, f"set to {text!r}" if text else "cleared")
 
     def load_overrides(self) -> None:
         if self.overrides.load():
@@ -404,16 +467,22 @@ class App:
         assert self.metrics is not None
         if event.kind == "traffic-moved":
             self.metrics.failovers.labels(event.pool, event.old, event.new).inc()
+        elif event.kind == "ejected":
+            self.metrics.ejections.labels(event.pool, event.origin).inc()
         self._update_gauges()
 
     def _update_gauges(self) -> None:
         if self.metrics is None:
             return
         for pool in self.runtime.pools.values():
-            active = {o.name for o in pool.engine.selector.tier}
+            tier = pool.engine.selector.tier
+            active = {o.name for o in tier}
             self.metrics.origins(
                 (pool.name, o.name, o.usable, o.name in active) for o in pool.origins
             )
+            priorities = sorted({o.priority for o in pool.origins})
+            index = priorities.index(tier[0].priority) if tier else -1
+            self.metrics.pool(pool.name, index, len(priorities))
 
 
 def _count(n: int, noun: str) -> str:

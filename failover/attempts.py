@@ -85,6 +85,8 @@ class Attempts:
                 response, result = await self._try(origin, exchange)
             following = plan.next(origin, result, self.clock())
             if following is None:
+                if plan.not_retried and self.metrics is not None:
+                    self.metrics.retry_refused(pool.name, plan.not_retried)
                 return origin, response, result
             if response is not None:
                 response.close()
@@ -101,8 +103,27 @@ class Attempts:
         started = self.clock()
         response: UpstreamResponse | None = None
         result: str | int
+        host = exchange.host_header or (exchange.client_host if origin.preserve_host else None)
+        body = exchange.body
+        first_byte = exchange.pool.first_byte
+        remaining = exchange.plan.remaining(started)
+        if remaining is not None:
+            first_byte = min(first_byte, remaining)
+        deadline = None
+        if body is not None:
+            # The first-byte clock starts once the whole request is upstream (unless the
+            # response came before the body ended).
+            deadline = _first_byte_after_body(body, first_byte)
         try:
-            response = await self._attempt(origin, exchange, started)
+            response = await self.upstream.open(
+                origin,
+                exchange.method,
+                exchange.target,
+                [("Host", host or origin.host_header), *exchange.headers],
+                body,
+                first_byte,
+                deadline,
+            )
             result = response.status
         except UpstreamError as error:
             result = error.kind
@@ -159,31 +180,15 @@ class Attempts:
         assert outcome is not None
         return outcome
 
-    async def _attempt(self, origin: Origin, exchange: Exchange, now: float) -> UpstreamResponse:
-        host = exchange.host_header or (exchange.client_host if origin.preserve_host else None)
-        body = exchange.body
-        first_byte = exchange.pool.first_byte
-        remaining = exchange.plan.remaining(now)
-        if remaining is not None:
-            first_byte = min(first_byte, remaining)
-        deadline = None
-        if body is not None:
-            # The first-byte clock starts once the whole request is upstream (unless the
-            # response came before the body ended).
-            deadline = asyncio.timeout(None)
-            loop = asyncio.get_running_loop()
 
-            def body_sent() -> None:
-                with contextlib.suppress(RuntimeError):
-                    deadline.reschedule(loop.time() + first_byte)
+def _first_byte_after_body(body: RequestBody, first_byte: float) -> asyncio.Timeout:
+    """A timeout armed only once `body` has been sent in full: `first_byte` from then."""
+    deadline = asyncio.timeout(None)
+    loop = asyncio.get_running_loop()
 
-            body.on_complete = body_sent
-        return await self.upstream.open(
-            origin,
-            exchange.method,
-            exchange.target,
-            [("Host", host or origin.host_header), *exchange.headers],
-            body,
-            first_byte,
-            deadline,
-        )
+    def body_sent() -> None:
+        with contextlib.suppress(RuntimeError):
+            deadline.reschedule(loop.time() + first_byte)
+
+    body.on_complete = body_sent
+    return deadline

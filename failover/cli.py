@@ -1,4 +1,5 @@
-"""The `failover` command: run, check, demo.
+"""The `failover` command: run, check, demo, and the operator's commands against a running
+proxy (status, events, drain, enable, disable, reload; see failover/control.py).
 
 Fatal errors end here, at the boundary: library code raises, this module prints one line
 per problem and exits with status 2.
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, Settings, default_config_path, load_config
+from .control import COMMANDS, add_commands, run_command
 from .logs import setup_logging
 
 __all__ = ["main", "uvicorn_config"]
@@ -57,8 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="default 9001 9002",
     )
     demo.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    add_commands(commands)
 
     args = parser.parse_args(argv)
+    if args.command in COMMANDS:
+        return run_command(args)
     if args.command == "check":
         return _check(args.path)
     if args.command == "run":

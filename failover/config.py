@@ -51,6 +51,7 @@ from .configfile import (
 )
 
 __all__ = [
+    "EVENT_KINDS",
     "MAX_CONFIG_BYTES",
     "MAX_DEPTH",
     "MAX_DURATION",
@@ -59,21 +60,26 @@ __all__ = [
     "AdminConfig",
     "CertificateConfig",
     "ConfigError",
+    "DnsConfig",
     "FailbackConfig",
     "HealthConfig",
     "LimitsConfig",
     "ListenTLSConfig",
     "OriginConfig",
     "OriginTLSConfig",
+    "PagesConfig",
     "PassiveConfig",
+    "PublicConfig",
     "RetryConfig",
     "Settings",
     "StatusSet",
     "TimeoutsConfig",
+    "WebhookConfig",
     "build_settings",
     "default_config_path",
     "load_config",
     "parse_duration",
+    "parse_nameserver",
     "read_yaml",
 ]
 
@@ -646,18 +652,197 @@ class LogConfig(_Block):
     access: bool = False
 
 
+# The kinds of event a webhook may ask for (`events.webhooks[].events`).
+EVENT_KINDS: tuple[str, ...] = (
+    "origin-down",
+    "origin-up",
+    "ejected",
+    "restored",
+    "override",
+    "traffic-moved",
+    "config-reloaded",
+)
+WebhookFormat = Literal["json", "slack", "pagerduty"]
+PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
+
+
+class WebhookConfig(_Block):
+    """One receiver: where, in which format, for which kinds of event (all when empty)."""
+
+    url: str | None = None
+    format: WebhookFormat = "json"
+    events: list[str] = []
+    routing_key: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value)
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: list[str]) -> list[str]:
+        for kind in value:
+            if kind not in EVENT_KINDS:
+                raise ValueError(
+                    f"{quote(kind)} is not a kind of event (expected some of "
+                    f"{', '.join(EVENT_KINDS)})"
+                )
+        return value
+
+    @field_validator("routing_key")
+    @classmethod
+    def _routing_key(cls, value: str | None) -> str | None:
+        # Never quote the key: error lines end up in logs.
+        if value is not None and not _VISIBLE.fullmatch(value):
+            raise ValueError("may only hold printable ASCII without spaces")
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> WebhookConfig:
+        if self.format == "pagerduty":
+            if self.routing_key is None:
+                raise ValueError(
+                    "format 'pagerduty' needs routing_key (the integration key of a "
+                    "PagerDuty service)"
+                )
+            if self.url is None:
+                object.__setattr__(self, "url", PAGERDUTY_URL)
+        elif self.url is None:
+            raise ValueError(f"format {quote(self.format)} needs url")
+        return self
+
+
+def _webhooks(value: Any) -> Any:
+    """Plain URL strings keep working: each is `{url: ..., format: json}`."""
+    if not isinstance(value, list):
+        return value
+    items: list[Any] = []
+    for item in value:
+        if isinstance(item, str):
+            _check_http_url(item)
+            item = {"url": item}
+        items.append(item)
+    return items
+
+
 class EventsConfig(_Block):
-    webhooks: list[str] = []
+    webhooks: Annotated[list[WebhookConfig], BeforeValidator(_webhooks)] = []
     history: int = Field(500, ge=1, le=1_000_000)
     webhook_timeout: Duration = 5.0
     webhook_queue: int = Field(1000, ge=1, le=1_000_000)
 
-    @field_validator("webhooks")
+
+MAX_PAGE_BYTES = 256 * 1024  # pages.unavailable
+
+
+def _check_page(value: str | None) -> str | None:
+    """The maintenance page must exist, be a regular file, small, and UTF-8."""
+    if value is None:
+        return None
+    if not value or "\x00" in value:
+        raise ValueError(f"{quote(value, 300)} is not a file path")
+    try:
+        mode = os.stat(value).st_mode
+    except OSError as exc:
+        raise ValueError(f"{quote(value, 300)} cannot be read: {exc.strerror}") from None
+    kind = file_kind(mode)
+    if kind is not None:
+        raise ValueError(f"{quote(value, 300)} is not a regular file ({kind})")
+    try:
+        with open(value, "rb") as file:
+            data = file.read(MAX_PAGE_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"{quote(value, 300)} cannot be read: {exc.strerror}") from None
+    if len(data) > MAX_PAGE_BYTES:
+        raise ValueError(f"{quote(value, 300)} is larger than {MAX_PAGE_BYTES} bytes")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{quote(value, 300)} is not UTF-8 text: {exc.reason}") from None
+    return value
+
+
+class PagesConfig(_Block):
+    """`unavailable`: an HTML file served for the proxy's own 502, 503 and 504 answers."""
+
+    unavailable: Annotated[str | None, AfterValidator(_check_page)] = None
+
+
+class PublicConfig(_Block):
+    """The public status feed: status.json and incidents.atom under `prefix`, for anyone."""
+
+    enabled: bool = True
+    prefix: str = "/_status"
+    show_origins: bool = False
+    title: str = "Service status"
+    history: int = Field(100, ge=1, le=10_000)
+
+    @field_validator("prefix")
     @classmethod
-    def _urls(cls, value: list[str]) -> list[str]:
-        for url in value:
-            _check_http_url(url)
+    def _prefix(cls, value: str) -> str:
+        if not _PREFIX.fullmatch(value):
+            raise ValueError(f"{quote(value)} is not a path prefix such as '/_status'")
+        return value.rstrip("/")
+
+    @field_validator("title")
+    @classmethod
+    def _title(cls, value: str) -> str:
+        if not value.strip() or len(value) > 200 or not _FIELD_VALUE.fullmatch(value):
+            raise ValueError(f"{quote(value)} is not a title (1-200 characters, one line)")
         return value
+
+
+def parse_nameserver(value: str) -> tuple[str, int]:
+    """A `dns.nameservers` entry ("IP", "IP:PORT", "[IPv6]:PORT") as (ip, port)."""
+    text, port = value.strip(), 53
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":") or not rest[1:].isdigit():
+                raise ValueError(f"{quote(value)} is not a nameserver (IP or IP:PORT)")
+            port = int(rest[1:])
+        text = host
+    elif text.count(":") == 1:
+        text, _, number = text.partition(":")
+        if not number.isdigit():
+            raise ValueError(f"{quote(value)} is not a nameserver (IP or IP:PORT)")
+        port = int(number)
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(
+            f"{quote(value)} is not a nameserver: expected an IP address or IP:PORT "
+            "(a nameserver is given by address, not by name)"
+        ) from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{quote(value)} has a port outside 1-65535")
+    return str(address), port
+
+
+class DnsConfig(_Block):
+    """How the proxy resolves origin host names (see README, DNS)."""
+
+    nameservers: list[str] = []  # empty: the system's (/etc/resolv.conf)
+    min_ttl: Duration = 5.0
+    max_ttl: Duration = 300.0
+    stale_ttl: ZeroDuration = 3600.0
+    timeout: Duration = 2.0  # one lookup (A and AAAA together), retries included
+
+    @field_validator("nameservers")
+    @classmethod
+    def _nameservers(cls, value: list[str]) -> list[str]:
+        for item in value:
+            parse_nameserver(item)
+        return value
+
+    @model_validator(mode="after")
+    def _ttls(self) -> DnsConfig:
+        if self.max_ttl < self.min_ttl:
+            raise ValueError(
+                f"max_ttl ({self.max_ttl:g} s) is shorter than min_ttl ({self.min_ttl:g} s)"
+            )
+        return self
 
 
 class FleetConfig(_Block):
@@ -682,7 +867,7 @@ class FleetConfig(_Block):
         return value
 
 
-AllDown = Literal["try-all", "503", "stale"]
+AllDown = Literal["try-all", "503", "stale", "page"]
 
 
 class PoolProxyConfig(_Block):
@@ -783,7 +968,10 @@ class Settings(BaseSettings):
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
     events: EventsConfig = EventsConfig()
+    pages: PagesConfig = PagesConfig()
+    public: PublicConfig = PublicConfig()
     fleet: FleetConfig | None = None
+    dns: DnsConfig = DnsConfig()
     all_down: AllDown = "try-all"
     shutdown_timeout: Duration = 30.0
 
@@ -828,6 +1016,23 @@ class Settings(BaseSettings):
     def _one_form(self) -> Settings:
         if self.all_down == "stale" and not self.stale.enabled:
             raise ValueError("all_down: 'stale' needs stale.enabled: true")
+        if self.pages.unavailable is None:
+            pages = [name for name, pool in self.pools.items() if pool.all_down == "page"]
+            if self.all_down == "page" or pages:
+                where = f" (pools {', '.join(pages)})" if pages else ""
+                raise ValueError(f"all_down: 'page'{where} needs pages.unavailable (an HTML file)")
+        if self.public.enabled:
+            public, admin = self.public.prefix, self.admin.prefix
+            for inner, outer, inner_key, outer_key in (
+                (public, admin, "public.prefix", "admin.prefix"),
+                (admin, public, "admin.prefix", "public.prefix"),
+            ):
+                if inner == outer or inner.startswith(outer + "/"):
+                    raise ValueError(
+                        f"public.prefix: {quote(public)} collides with admin.prefix "
+                        f"{quote(admin)} ({inner_key} lies within {outer_key}); choose a "
+                        "path outside it, such as '/_status'"
+                    )
         single = "origins" in self.model_fields_set
         if single and self.pools:
             raise ValueError("origins: give origins (one pool) or pools (several), not both")
@@ -899,6 +1104,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: expected a mapping of settings, got {type(data).__name__}"])
+    pages = data.get("pages")
+    if isinstance(pages, dict) and isinstance(pages.get("unavailable"), str):
+        page = pages["unavailable"]
+        if page and "\x00" not in page and not os.path.isabs(page):
+            # A page named in the file is found next to the file, wherever the proxy runs.
+            data = {**data, "pages": {**pages, "unavailable": str(path.parent / page)}}
     return data
 
 
@@ -963,6 +1174,16 @@ def _pool_problems(settings: Settings, data: dict[str, Any]) -> list[str]:
             owners[origin.name] = pool
     routes = routes_from(settings.routes)
     problems += check_routes(routes, settings.pools)
+    if settings.public.enabled and "routes" in data:
+        public = settings.public.prefix
+        for i, route in enumerate(settings.routes):
+            path = (route.path or "").rstrip("/")
+            if path == public or path.startswith(public + "/"):
+                problems.append(
+                    f"routes[{i}].path: {quote(route.path)} lies within public.prefix "
+                    f"{quote(public)}, which the proxy answers itself; move the feed "
+                    "(public.prefix) or turn it off (public.enabled: false)"
+                )
     return problems
 
 
@@ -1093,4 +1314,4 @@ def _describe(error: Any) -> str:
     return f"{loc}: {' '.join(message.splitlines())}"
 
 
-_KEYED = re.compile(r"(?:origins|pools|routes|all_down): ")
+_KEYED = re.compile(r"(?:origins|pools|routes|all_down|public\.prefix): ")

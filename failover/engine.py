@@ -42,7 +42,7 @@ class Engine:
         self.outliers = {o.name: Outlier(settings.passive) for o in origins}
         self.next_probe_at: dict[str, float] = {}
         self.selector = Selector(origins, settings.failback, self._switched)
-        self.try_all = settings.all_down != "503"
+        self.try_all = settings.all_down not in ("503", "page")
         self.on_eject: Callable[[Origin, str], None] | None = None  # fleet mode shares these
         if previous is not None:
             self._inherit(previous)
@@ -148,6 +148,20 @@ class Engine:
         reason = self.outliers[origin.name].absorb(total, failures, slow, self.clock())
         if reason is not None:
             self.eject(origin, f"{reason} across the fleet")
+
+    def dns_missing(self, origin: Origin, reason: str) -> None:
+        """The origin's host name does not exist (NXDOMAIN) or has no address: failed-check,
+        with the reason. With active checks on, it comes back once its probes pass again
+        (`healthy_threshold` in a row); without, once the name resolves (`dns_back`)."""
+        if origin.health.enabled:
+            check = self.checks[origin.name]
+            check.state, check.passes = CheckState.UNHEALTHY, 0
+        self.set_flag(origin, Flag.FAILED_CHECK, True, "origin-down", reason)
+
+    def dns_back(self, origin: Origin, reason: str) -> None:
+        """The origin's host name resolves again."""
+        if not origin.health.enabled:
+            self.set_flag(origin, Flag.FAILED_CHECK, False, "origin-up", reason)
 
     def eject(self, origin: Origin, reason: str, share: bool = True) -> None:
         outlier = self.outliers[origin.name]

@@ -40,11 +40,14 @@ from collections.abc import AsyncIterable, Callable, Iterable
 from typing import Any, Protocol, cast, runtime_checkable
 from urllib.parse import urlsplit
 
+import aiohappyeyeballs
 import httptools
 
 __all__ = [
+    "HAPPY_EYEBALLS_DELAY",
     "IDEMPOTENT_METHODS",
     "MAX_HEAD",
+    "AddressSource",
     "ConnectError",
     "Connection",
     "InvalidResponse",
@@ -65,6 +68,9 @@ MAX_HEAD = 64 * 1024
 # RFC 9110 section 9.2.2; only these are sent again after a stale keep-alive connection broke.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _NO_BODY_STATUSES = frozenset({204, 304})
+# RFC 8305's "Connection Attempt Delay": the next address is tried after this long without an
+# answer from the one before (at once when it refuses).
+HAPPY_EYEBALLS_DELAY = 0.25
 
 
 class ConnectError(OSError):
@@ -98,6 +104,18 @@ class PoolFull(Exception):
 
 class _Closed(Exception):
     """The connection was found closed before a byte of the request was written."""
+
+
+class AddressSource(Protocol):
+    """Where a pool whose URL names a host finds its addresses (failover.resolver)."""
+
+    def attach(self, pool: Pool) -> None: ...
+
+    def addresses(self) -> tuple[str, ...]: ...
+
+    async def resolve(self) -> tuple[str, ...]: ...
+
+    def connected(self, address: str) -> None: ...
 
 
 @runtime_checkable
@@ -182,6 +200,7 @@ class Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.parser_spent = False  # after a HEAD response (see on_headers_complete)
         self.lost: asyncio.Future[None] = loop.create_future()
+        self.address: str | None = None  # the peer's IP, when the pool resolves its host
         self.closed = False  # connection_lost has run
         self.eof = False  # the origin half-closed it
         self.reused = False  # it served a response before the current one
@@ -192,7 +211,10 @@ class Connection(asyncio.Protocol):
         self.is_head = False
         self.got_bytes = False  # a byte of the response has arrived
         self.head_bytes = 0  # bytes received before the final response headers ended
-        self.head_size = 0  # bytes of the status line and headers of the response so far
+        # Set while a read could take the response head past MAX_HEAD: the parser callbacks
+        # then count its bytes (`head_size`); a read that cannot costs no counting.
+        self.count_head = False
+        self.head_size = 0
         self.headers_waiter: asyncio.Future[Response] | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.headers_done = False
@@ -225,7 +247,7 @@ class Connection(asyncio.Protocol):
         self.is_head = is_head
         self.got_bytes = False
         self.head_bytes = 0
-        self.head_size = 0
+        self.count_head = False
         self.headers = []
         self.headers_done = self.interim = self.complete = False
         self.keep_alive = self.until_eof = False
@@ -377,6 +399,9 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         self.got_bytes = True
+        if not self.headers_done and self.head_bytes + len(data) > MAX_HEAD:
+            self.count_head = True
+            self.head_size = self.head_bytes
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -430,13 +455,15 @@ class Connection(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_status(self, status: bytes) -> None:
-        self.head_size += len(status) + 16
+        if self.count_head:
+            self.head_size += len(status) + 16
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
-        self.head_size += len(name) + len(value) + 4
-        if self.head_size > MAX_HEAD:
-            raise InvalidResponse(f"response headers longer than {MAX_HEAD} bytes")
+        if self.count_head:
+            self.head_size += len(name) + len(value) + 4
+            if self.head_size > MAX_HEAD:
+                raise InvalidResponse(f"response headers longer than {MAX_HEAD} bytes")
 
     def on_headers_complete(self) -> None:
         if self.headers_done:
@@ -549,6 +576,7 @@ class Pool:
         server_hostname: str | None = None,
         on_tls: Callable[[Any], None] | None = None,
         on_resend: Callable[[], None] | None = None,
+        dns: AddressSource | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -578,6 +606,11 @@ class Pool:
         self._connections: set[Connection] = set()
         self._waiters: deque[asyncio.Future[Connection | None]] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
+        # A host name (not an IP literal) is resolved by `dns`; None: create_connection's own.
+        self.dns = dns
+        self._retiring: set[Connection] = set()  # busy connections to addresses gone from DNS
+        if dns is not None:
+            dns.attach(self)
 
     @property
     def idle(self) -> int:
@@ -744,15 +777,27 @@ class Pool:
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> Connection:
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: Connection(self, loop),
-                    self.host,
-                    self.port,
-                    ssl=self.ssl,
-                    server_hostname=self.server_hostname if self.ssl is not None else None,
-                )
+                if self.dns is None:
+                    _, conn = await loop.create_connection(
+                        lambda: Connection(self, loop),
+                        self.host,
+                        self.port,
+                        ssl=self.ssl,
+                        server_hostname=self.server_hostname if self.ssl is not None else None,
+                    )
+                else:
+                    sock, address = await self._open_socket(self.dns)
+                    _, conn = await loop.create_connection(
+                        lambda: Connection(self, loop),
+                        sock=sock,
+                        ssl=self.ssl,
+                        server_hostname=self.server_hostname if self.ssl is not None else None,
+                    )
+                    conn.address = address
         except TimeoutError:
             raise ConnectError("connect timed out") from None
+        except ConnectError:
+            raise
         except OSError as exc:
             raise ConnectError(str(exc), exc) from exc
         self.connections_made += 1
@@ -764,8 +809,56 @@ class Pool:
         self._connections.add(conn)
         return conn
 
+    async def _open_socket(self, dns: AddressSource) -> tuple[socket.socket, str]:
+        """A socket connected to one of the host's addresses: Happy Eyeballs (RFC 8305), the
+        families interleaved, the next address tried after HAPPY_EYEBALLS_DELAY or at once
+        when one refuses; the caller's connect timeout bounds the whole."""
+        addresses = dns.addresses() or await dns.resolve()
+        port = self.port
+        infos = [
+            (
+                socket.AF_INET6 if ":" in address else socket.AF_INET,
+                socket.SOCK_STREAM,
+                socket.IPPROTO_TCP,
+                "",
+                (address, port),
+            )
+            for address in addresses
+        ]
+        sock = await aiohappyeyeballs.start_connection(
+            infos, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY, interleave=1
+        )
+        address = str(sock.getpeername()[0])
+        if address != addresses[0]:
+            dns.connected(address)
+        return sock, address
+
+    def forget(self, addresses: frozenset[str]) -> None:
+        """DNS no longer lists `addresses`: close the idle connections to them at once, and
+        the busy ones when their exchange ends."""
+        keep: list[Connection] = []
+        for conn in self._idle:
+            if conn.address in addresses:
+                conn.in_idle_list = False
+                conn.close()
+                self._drop(conn)
+            else:
+                keep.append(conn)
+        self._idle[:] = keep
+        self._retiring = {conn for conn in self._retiring if not conn.closed}
+        self._retiring.update(
+            conn
+            for conn in self._connections
+            if conn.address in addresses and not conn.in_idle_list
+        )
+
     def _put(self, conn: Connection) -> None:
         """A connection ready for its next request: to the first waiter, else to the pool."""
+        if self._retiring and conn in self._retiring:
+            self._retiring.discard(conn)
+            conn.close()
+            self._drop(conn)
+            return
         if self.closed:
             conn.close()
             self._drop(conn)
@@ -784,6 +877,7 @@ class Pool:
     def _drop(self, conn: Connection) -> None:
         """A connection is gone for good (closed by the caller): its slot is free."""
         self._connections.discard(conn)
+        self._retiring.discard(conn)
         self._free_slot()
 
     def _lost(self, conn: Connection) -> None:

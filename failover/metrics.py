@@ -78,6 +78,34 @@ class Metrics:
             ["pool", "reason"],
             registry=r,
         )
+        self.retries_refused = Counter(
+            "failover_retries_refused",
+            "Failed requests not retried although another origin could take them, by why "
+            "(budget: the retry budget was used up; deadline, attempts, method, ...).",
+            ["pool", "reason"],
+            registry=r,
+        )
+        self.ejections = Counter(
+            "failover_ejections",
+            "Origins ejected by passive detection.",
+            ["pool", "origin"],
+            registry=r,
+        )
+        self.tier = Gauge(
+            "failover_pool_tier",
+            "The tier taking the pool's new traffic: 0 for its preferred priority, 1 for the "
+            "next, ...; -1 when no origin is usable.",
+            ["pool"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.tiers = Gauge(
+            "failover_pool_tiers",
+            "How many tiers (distinct priorities) the pool has.",
+            ["pool"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.resends = Counter(
             "failover_upstream_resends",
             "Requests sent again on a new connection because the pooled one was found closed "
@@ -98,6 +126,25 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.dns_lookups = Counter(
+            "failover_dns_lookups",
+            "DNS lookups of origin host names (A and AAAA together count as one).",
+            ["host"],
+            registry=r,
+        )
+        self.dns_failures = Counter(
+            "failover_dns_failures",
+            "DNS lookups that gave no address, by reason (nxdomain, no-address, servfail, "
+            "timeout, unreachable, error).",
+            ["host", "reason"],
+            registry=r,
+        )
+        self.dns_stale = Counter(
+            "failover_dns_stale_answers",
+            "New connections made to a host's last answer while its resolver failed (serve-stale).",
+            ["host"],
+            registry=r,
+        )
         self.webhook_drops = Counter(
             "failover_webhook_dropped",
             "Webhook notifications given up on.",
@@ -109,6 +156,7 @@ class Metrics:
         self._requests: dict[tuple[str, str, int], int] = {}
         self._attempts: dict[tuple[str, str, str | int], int] = {}
         self._retries: dict[tuple[str, str | int], int] = {}
+        self._refused: dict[tuple[str, str], int] = {}
         self._bounds = (*_BUCKETS, float("inf"))
         self._counts = [0] * len(self._bounds)
         self._sum = 0.0
@@ -130,6 +178,19 @@ class Metrics:
         key = (pool, reason)
         self._retries[key] = self._retries.get(key, 0) + 1
 
+    def retry_refused(self, pool: str, reason: str) -> None:
+        key = (pool, reason)
+        self._refused[key] = self._refused.get(key, 0) + 1
+
+    def dns(self, what: str, host: str, reason: str) -> None:
+        """Count a DNS lookup, failure or stale answer (failover.resolver; not per request)."""
+        if what == "lookup":
+            self.dns_lookups.labels(host).inc()
+        elif what == "failure":
+            self.dns_failures.labels(host, reason).inc()
+        else:
+            self.dns_stale.labels(host).inc()
+
     def flush(self) -> None:
         """Move what the hot path counted into the Prometheus metrics."""
         requests, self._requests = self._requests, {}
@@ -141,6 +202,9 @@ class Metrics:
         retries, self._retries = self._retries, {}
         for (pool, reason), n in retries.items():
             self.retries.labels(pool, str(reason)).inc(n)
+        refused, self._refused = self._refused, {}
+        for (pool, reason), n in refused.items():
+            self.retries_refused.labels(pool, reason).inc(n)
         counts, self._counts = self._counts, [0] * len(self._bounds)
         total, self._sum = self._sum, 0.0
         if any(counts):
@@ -157,6 +221,11 @@ class Metrics:
         for pool, name, usable, active in states:
             self.up.labels(pool, name).set(1 if usable else 0)
             self.active.labels(pool, name).set(1 if active else 0)
+
+    def pool(self, name: str, tier: int, tiers: int) -> None:
+        """Set the pool gauges: the index of the tier taking traffic, and how many it has."""
+        self.tier.labels(name).set(tier)
+        self.tiers.labels(name).set(tiers)
 
     def exposition(self) -> bytes:
         self.flush()

@@ -28,7 +28,9 @@ from .headers import request_headers, request_target, response_headers
 from .listener import DISCONNECT_EXTENSION
 from .metrics import Metrics
 from .origins import Origin
+from .pages import MaintenancePage
 from .pool import Pool
+from .public import StatusBoard, iso
 from .retry import BodyRejected, ClientGone, RequestBody, RetryPlan
 from .router import Router
 from .stale import StaleCache, Tee
@@ -62,6 +64,10 @@ class Proxy:
         admin: ASGIApp,
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
+        *,
+        page: MaintenancePage | None = None,
+        board: StatusBoard | None = None,
+        public: ASGIApp | None = None,
     ) -> None:
         self.settings = settings
         self.pools = pools
@@ -70,6 +76,13 @@ class Proxy:
         self.admin = admin
         self.clock = clock
         self.prefix = settings.admin.prefix
+        # Paths the proxy answers itself: the admin API and the public status feed.
+        self.mounts: list[tuple[str, ASGIApp]] = [(self.prefix, admin)]
+        if public is not None:
+            self.mounts.append((settings.public.prefix, public))
+        self.reserved = tuple(prefix for prefix, _ in self.mounts)
+        self.page = page
+        self.board = board
         self.via = settings.proxy.via
         self.via_header = f"1.1 {self.via}".encode()
         self.metrics = metrics
@@ -84,10 +97,13 @@ class Proxy:
                 await send({"type": "websocket.close", "code": 1008})
             return
         path: str = scope["path"]
-        prefix = self.prefix
-        if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
-            await self.admin(scope, receive, send)
-            return
+        if path.startswith(self.reserved):
+            for prefix, app in self.mounts:
+                if path.startswith(prefix) and (
+                    len(path) == len(prefix) or path[len(prefix)] == "/"
+                ):
+                    await app(scope, receive, send)
+                    return
         await self.forward(scope, receive, send)
 
     async def forward(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -169,9 +185,9 @@ class Proxy:
         pool = exchange.pool
         origin = pool.engine.pick()
         if origin is None:
-            if pool.all_down == "503":
+            if pool.all_down == "503" or pool.all_down == "page":
                 exchange.status = 503
-                await self._all_down(send, pool)
+                await self._all_down(scope, send, pool)
                 return
             if pool.all_down == "stale" and await self._serve_stale(scope, send, exchange):
                 return
@@ -186,6 +202,9 @@ class Proxy:
         extra = _extra_headers(exchange)
         if response is None:
             exchange.status = _ERROR_STATUS.get(result, 502)
+            if self.page is not None:
+                await self._page(scope, send, exchange.status, pool, extra)
+                return
             reasons = "; ".join(exchange.failures)
             await _plain(send, exchange.status, f"no origin answered ({reasons})", extra)
             return
@@ -288,7 +307,10 @@ class Proxy:
             else:
                 response.close()
 
-    async def _all_down(self, send: Send, pool: Pool) -> None:
+    async def _all_down(self, scope: Scope, send: Send, pool: Pool) -> None:
+        if self.page is not None:
+            await self._page(scope, send, 503, pool, None)
+            return
         states = ", ".join(f"{o.name}: {o.state}" for o in pool.origins)
         await _plain(
             send,
@@ -296,6 +318,27 @@ class Proxy:
             f"no origin is usable ({states})",
             [(b"retry-after", pool.retry_after.encode())],
         )
+
+    async def _page(
+        self,
+        scope: Scope,
+        send: Send,
+        status: int,
+        pool: Pool,
+        extra: list[tuple[bytes, bytes]] | None,
+    ) -> None:
+        """The maintenance page (only ever on an error answer of the proxy's own)."""
+        assert self.page is not None
+        accept = None
+        for name, value in scope["headers"]:
+            if name == b"accept":
+                accept = value
+                break
+        board = self.board
+        since = board.since(pool.name) if board is not None else None
+        notice = board.notice_for(pool.name) if board is not None else ""
+        when = iso(time.time() if since is None else since)
+        await self.page.send(send, status, accept, pool.retry_after, when, notice, extra)
 
 
 def _extra_headers(exchange: Exchange) -> list[tuple[bytes, bytes]]:

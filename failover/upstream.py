@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import re
 import socket
 import ssl
@@ -31,6 +32,7 @@ from . import h1
 from .config import HealthConfig
 from .health import ProbeResult
 from .origins import Origin
+from .resolver import Resolver
 from .tls import CertificateInfo, OriginTLS, describe
 
 __all__ = [
@@ -78,6 +80,20 @@ def map_error(exc: BaseException, timeout: float) -> UpstreamError:
     return UpstreamError("reset", str(exc) or type(exc).__name__)
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_localhost(host: str) -> bool:
+    """RFC 6761: localhost names stay on the machine (/etc/hosts), never sent to DNS."""
+    host = host.lower().rstrip(".")
+    return host == "localhost" or host.endswith(".localhost")
+
+
 def _os_reason(exc: OSError) -> str:
     if isinstance(exc, ssl.SSLError):
         return describe(exc)
@@ -120,14 +136,23 @@ class Upstream:
         self.on_resend = on_resend
         self.on_certificate = on_certificate
         self.pools: dict[tuple[Any, ...], h1.Pool] = {}
+        # Resolves the origins named by host name; None: the event loop's getaddrinfo.
+        self.resolver: Resolver | None = None
+
+    def hostnames(self) -> set[str]:
+        """The host names the pools resolve."""
+        return {pool.host for pool in self.pools.values() if pool.dns is not None}
 
     def _pool(self, origin: Origin) -> h1.Pool:
         timeouts = origin.timeouts
         on_resend = self.on_resend
+        host = urlsplit(origin.url).hostname or ""
+        dns = None
+        if self.resolver is not None and not _is_ip(host) and not _is_localhost(host):
+            dns = self.resolver.host(host)
         tls: OriginTLS | None = None
-        if origin.url.startswith("https://"):
-            host = urlsplit(origin.url).hostname or ""
-            tls = OriginTLS(origin.tls, host) if origin.tls else None
+        if origin.url.startswith("https://") and origin.tls is not None:
+            tls = OriginTLS(origin.tls, host)
         on_certificate = self.on_certificate
         if tls is not None and on_certificate is not None:
             tls.on_certificate = lambda info: on_certificate(origin, info)
@@ -145,6 +170,7 @@ class Upstream:
             on_resend=None
             if on_resend is None
             else lambda: on_resend(origin.pool_name, origin.name),
+            dns=dns,
         )
         pool.tls = tls
         return pool

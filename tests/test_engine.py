@@ -324,3 +324,29 @@ def test_status_shows_flags_reasons_counts_rates_and_next_probe() -> None:
     rig.clock.advance(10)
     assert rig.status_of("a")["passive"]["ejected_for"] == 20
     assert rig.status_of("a")["since_seconds"] == 10
+
+
+def test_nxdomain_fails_the_origin_until_its_probes_pass_again() -> None:
+    rig = Rig.build(health={"healthy_threshold": 2}, failback={"hold_down": 0})
+    rig.probe("a", True)
+    rig.probe("b", True)
+    rig.take()
+    reason = "DNS: a.example: the name does not exist (NXDOMAIN)"
+    rig.engine.dns_missing(rig.by_name["a"], reason)
+    assert rig.take()[0] == ("origin-down", "a", "healthy", "failed-check", reason)
+    assert rig.picked() == "b"
+    rig.engine.dns_back(rig.by_name["a"], "DNS: a.example is 192.0.2.1 (TTL 60 s)")
+    assert rig.picked() == "b"  # the probes decide: healthy_threshold passes in a row
+    rig.probe("a", True)
+    assert rig.picked() == "b"
+    rig.probe("a", True)
+    assert rig.picked() == "a"
+
+
+def test_without_active_checks_the_name_resolving_again_restores_the_origin() -> None:
+    rig = Rig.build(health={"enabled": False}, failback={"hold_down": 0})
+    rig.engine.dns_missing(rig.by_name["a"], "DNS: NXDOMAIN")
+    assert rig.picked() == "b" and rig.status_of("a")["reason"] == "DNS: NXDOMAIN"
+    rig.engine.dns_back(rig.by_name["a"], "DNS: a.example is 192.0.2.1 (TTL 60 s)")
+    assert rig.picked() == "a"
+    assert rig.take()[-1][0] == "traffic-moved"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -393,6 +394,41 @@ async def test_a_304_with_content_length_reaches_the_client_without_a_body(
     finally:
         origin.close()
         await origin.wait_closed()
+
+
+def _closed_or_complete(transport: RecordingTransport) -> bool:
+    return transport.closed or transport.written.endswith(b"\r\n0\r\n\r\n")
+
+
+async def test_a_header_with_a_cr_or_lf_inside_never_reaches_the_client() -> None:
+    """The listener checks the whole response head once: a header whose value would split
+    into two lines (or the response into two) is refused, and nothing is written."""
+    values = iter([b"a\r\nx-injected: 1", b"a\nx-injected: 1", b"fine"])
+    errors: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"x-a", next(values))]}
+            )
+        except RuntimeError as exc:
+            errors.append(str(exc))
+            raise
+        await send({"type": "http.response.body", "body": b"ok", "more_body": False})
+
+    config = uvicorn.Config(app=app, lifespan="off", log_config=None)
+    config.load()
+    factory = HttpProtocolFactory(LimitsConfig())
+    for _ in range(3):
+        protocol = factory(config, ServerState(), {}, asyncio.get_running_loop())
+        transport = RecordingTransport()
+        protocol.connection_made(transport)
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        await wait_for(functools.partial(_closed_or_complete, transport))
+        assert b"x-injected" not in transport.written
+        protocol.connection_lost(None)
+    assert errors == ["Invalid HTTP header: a CR or LF inside a name or value."] * 2
+    assert b"x-a: fine\r\n" in transport.written
 
 
 # -- slow clients at a bounded scale ----------------------------------------------------------

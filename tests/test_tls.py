@@ -729,3 +729,27 @@ def test_certificate_info_refuses_any_garbage_with_a_value_error(ca: TestCA) -> 
                 certificate_info(data)
 
     check()
+
+
+async def test_an_origin_named_by_host_is_asked_for_that_name_after_the_proxys_own_lookup(
+    ca: TestCA, tls_origin: Any, make_proxy: MakeProxy
+) -> None:
+    """DNS and TLS together: `primary.test` is answered only by the loopback DNS server
+    (dns.nameservers); with no server_name, the url's host is the SNI and certificate name."""
+    from tests.dns_server import running_dns_server
+
+    origin = await tls_origin([ca.issue("primary.test")])
+    async with running_dns_server() as dns:
+        dns.set("primary.test", a=["127.0.0.1"])
+        url = f"https://primary.test:{origin.port}"
+        config = proxy_config(
+            origin_config("primary", url, 0, tls={"ca_file": ca.ca_file}),
+            dns={"nameservers": [dns.nameserver], "timeout": 1.0},
+        )
+        proxy = await make_proxy(config)
+        response = await proxy.client.get("/x")
+        assert response.status_code == 200, response.text
+        assert response.json()["sni"] == "primary.test"
+        assert dns.count("primary.test") >= 1
+        status = origin_in(await get_status(proxy), "primary")
+        assert status is not None and status["tls"]["server_name"] == "primary.test"

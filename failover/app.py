@@ -402,11 +402,11 @@ class App:
                 self._certificate_seen(origin, tls.certificate)
 
     def _certificate_seen(self, origin: Origin, info: CertificateInfo) -> None:
-        """An origin presented a certificate (first or new): its expiry to the metric, and an
-        event once per certificate when it expires within 14 days."""
-        if self.metrics is not None:
-            self.metrics.cert_expiry.labels(origin.pool_name, origin.name).set(info.not_after)
+        """An origin presented a certificate (first or new; and once a minute): the seconds
+        left to the metric, and an event once per certificate when under 14 days."""
         left = info.not_after - self.wall_clock()
+        if self.metrics is not None:
+            self.metrics.cert_expiry.labels(origin.pool_name, origin.name).set(left)
         key = (origin.name, info.not_after)
         if left < EXPIRY_WARNING and key not in self._expiry_reported:
             self._expiry_reported.add(key)

@@ -61,7 +61,8 @@ class Metrics:
         )
         self.cert_expiry = Gauge(
             "failover_origin_cert_expiry_seconds",
-            "When the certificate an https origin last presented expires (Unix time).",
+            "Seconds until the certificate an https origin last presented expires (negative "
+            "once expired); updated on each full handshake and once a minute.",
             ["pool", "origin"],
             registry=r,
             multiprocess_mode="livemin",

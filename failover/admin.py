@@ -15,6 +15,7 @@ import ipaddress
 import json
 import math
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -208,6 +209,9 @@ def build_admin(app: AdminHost) -> Starlette:
             body["active"] = pools[0]["active"]  # the single-pool form's one answer
         body["overrides"] = app.overrides.entries
         body["last_reload"] = app.last_reload
+        certs = getattr(app, "certs", None)
+        if certs is not None:  # the listener's certificates, as served now
+            body["listener_certificates"] = certs.status(time.time())
         if app.fleet is not None:
             body["fleet"] = {
                 "process": app.fleet.id,
@@ -450,6 +454,15 @@ def ramp_status(ramp: Ramp | None, now: float) -> dict[str, Any] | None:
     }
 
 
+def _tls_status(origin: Origin) -> dict[str, Any] | None:
+    """An https origin's TLS identity and the expiry of the certificate it last presented."""
+    tls = getattr(origin.pool, "tls", None)
+    if tls is None:
+        return None
+    status: dict[str, Any] = tls.status(time.time())
+    return status
+
+
 def origin_status(engine: Engine, origin: Origin, now: float) -> dict[str, Any]:
     check = engine.checks[origin.name]
     outlier = engine.outliers[origin.name]
@@ -495,6 +508,7 @@ def origin_status(engine: Engine, origin: Origin, now: float) -> dict[str, Any]:
                 else None
             ),
         },
+        "tls": _tls_status(origin),
         "failback": {
             "hold_down": engine.selector.hold_down_for(origin),
             "flaps": failback.flaps,

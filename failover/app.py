@@ -17,6 +17,7 @@ import contextlib
 import logging
 import random
 import signal
+import ssl
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -43,6 +44,7 @@ from .public import StatusBoard, build_public
 from .reload import Reloader
 from .resolver import HostAddresses, Resolver
 from .runtime import Runtime, build_runtime
+from .tls import EXPIRY_WARNING, CertificateInfo, ListenerCerts, RedirectServer
 from .upstream import Upstream
 from .websocket import WebSockets
 
@@ -51,6 +53,9 @@ __all__ = ["App", "create_app"]
 logger = logging.getLogger("failover")
 
 TICK = 1.0  # seconds between housekeeping rounds
+# Housekeeping rounds between two looks at the origins' certificates: one that was far from
+# expiry when it was seen comes within 14 days while connections stay open and resume.
+EXPIRY_CHECK_TICKS = 60
 
 
 class App:
@@ -84,7 +89,22 @@ class App:
         self.upstream = Upstream(
             settings.proxy.max_connections_per_origin,
             self.metrics.resend if self.metrics else None,
+            self._certificate_seen,
         )
+        self._expiry_reported: set[tuple[str, float]] = set()
+        # The listener's certificates (listen.tls): uvicorn's SSL context comes from here
+        # (`listener_context`), the lifespan watches their files.
+        self.certs: ListenerCerts | None = None
+        self.redirect: RedirectServer | None = None
+        listen = settings.listen
+        if listen.tls is not None:
+            self.certs = ListenerCerts(
+                [(c.cert_file, c.key_file) for c in listen.tls.certificates],
+                listen.tls.min_version,
+                listen.tls.alpn,
+            )
+            if listen.redirect_http_port is not None:
+                self.redirect = RedirectServer(listen.host, listen.redirect_http_port, listen.port)
         self.resolver = Resolver(
             settings.dns,
             clock,
@@ -193,6 +213,13 @@ class App:
             self.spawn(self.webhooks.run(), "webhooks")
         if self.reloader.config_path is not None or self.reloader.state_file is not None:
             self.spawn(self.reloader.watch(), "config watcher")
+        if self.certs is not None:
+            self.spawn(
+                self.certs.watch(self._certificates_reloaded, self._certificates_failed),
+                "certificate watcher",
+            )
+        if self.redirect is not None:
+            await self.redirect.start()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(
                 signal.SIGHUP, self.reloader.reload, "SIGHUP"
@@ -206,6 +233,10 @@ class App:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         self.reloader.stop.set()
+        if self.certs is not None:
+            self.certs.stop.set()
+        if self.redirect is not None:
+            await self.redirect.close()
         self.resolver.stop()
         tasks, self.tasks = self.tasks, set()
         for task in tasks:
@@ -260,11 +291,15 @@ class App:
         await probe_loop(origin.health, probe, on_result, on_next, self.rng)
 
     async def _housekeeping(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(TICK)
+            ticks += 1
             try:
                 for pool in self.runtime.pools.values():
                     pool.engine.tick()
+                if ticks % EXPIRY_CHECK_TICKS == 0:
+                    self._check_certificates()
                 if self.metrics is not None:
                     self.metrics.flush()
             except Exception:
@@ -354,6 +389,48 @@ class App:
         }
         if self.metrics is not None:
             self.metrics.reloads.labels("error").inc()
+
+    # -- TLS ---------------------------------------------------------------------------------
+
+    def listener_context(self, config: Any, default: Any) -> ssl.SSLContext:
+        """uvicorn's `ssl_context_factory`: the context whose SNI callback picks among the
+        listener's certificates."""
+        assert self.certs is not None
+        return self.certs.context
+
+    def _certificates_reloaded(self) -> None:
+        self.events.emit("certificates-reloaded", "-", "", "", "listen.tls: files changed")
+
+    def _certificates_failed(self, problem: str) -> None:
+        self.reload_failed(
+            [f"listen.tls: {problem}; still serving the previous certificates"],
+            "certificate file changed",
+        )
+
+    def _check_certificates(self) -> None:
+        for origin in self.origins:
+            tls = getattr(origin.pool, "tls", None)
+            if tls is not None and tls.certificate is not None:
+                self._certificate_seen(origin, tls.certificate)
+
+    def _certificate_seen(self, origin: Origin, info: CertificateInfo) -> None:
+        """An origin presented a certificate (first or new; and once a minute): the seconds
+        left to the metric, and an event once per certificate when under 14 days."""
+        left = info.not_after - self.wall_clock()
+        if self.metrics is not None:
+            self.metrics.cert_expiry.labels(origin.pool_name, origin.name).set(left)
+        key = (origin.name, info.not_after)
+        if left < EXPIRY_WARNING and key not in self._expiry_reported:
+            self._expiry_reported.add(key)
+            when = "expired" if left <= 0 else f"expires in {left / 86400:.1f} days"
+            self.events.emit(
+                "certificate-expiring",
+                origin.name,
+                "",
+                "",
+                f"the certificate of {origin.name} {when}",
+                origin.pool_name,
+            )
 
     # -- DNS --------------------------------------------------------------------------------
 

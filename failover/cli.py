@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,7 @@ def _check(path: Path) -> int:
         return 2
     if settings is None:
         return 2
-    for line in settings.warnings():
+    for line in [*settings.warnings(), *certificate_warnings(settings)]:
         print(f"warning: {line}", file=sys.stderr)
     if "origins" in settings.model_fields_set:  # the single-pool form
         origins = ", ".join(f"{o.name} (priority {o.priority})" for o in settings.origins)
@@ -112,6 +113,23 @@ def _check(path: Path) -> int:
         origins = ", ".join(f"{o.name} (priority {o.priority})" for o in pool.origins)
         print(f"  pool {name}: {origins}")
     return 0
+
+
+def certificate_warnings(settings: Settings) -> list[str]:
+    """The listener's and the client certificates that expire within 14 days."""
+    from .tls import expiry_warnings
+
+    files: list[tuple[str, str]] = []
+    if settings.listen.tls is not None:
+        for i, cert in enumerate(settings.listen.tls.certificates):
+            files.append((f"listen.tls.certificates[{i}]", cert.cert_file))
+    for pool_name, pool in settings.pools.items():
+        for origin in pool.origins:
+            tls = pool.tls_for(origin)
+            if tls is not None and tls.client_cert_file is not None:
+                where = f"pools.{pool_name}.origins.{origin.name}.tls"
+                files.append((where, tls.client_cert_file))
+    return expiry_warnings(dict.fromkeys(files), time.time())
 
 
 def _one_line(exc: BaseException) -> str:
@@ -141,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
     from .listener import prepare_open_files
 
     setup_logging(args.log_level)
-    for line in settings.warnings():
+    for line in [*settings.warnings(), *certificate_warnings(settings)]:
         logging.getLogger("failover").warning("%s", line)
     prepare_open_files(settings.limits)
     # Workers re-read the config through the factory; they find it through the environment.

@@ -2,8 +2,8 @@
 
 `load_config(path)` is the one entry point. It raises `ConfigError`, whose `problems` are
 lines of the form `origins[1].url: 'ftp://x' is not an http(s) URL`, one per problem.
-Nothing here does I/O beyond reading the file (configfile.py, with its bounds) and a stat of
-`admin.state_file`.
+Nothing here does I/O beyond reading the file (configfile.py, with its bounds), a stat of
+`admin.state_file`, and loading the TLS files it names (certificates, keys, CAs; see tls.py).
 
 Every value `check` accepts, `run` can start with: numbers are finite with sane ranges,
 durations at most a year, and strings that end up in HTTP heads (methods, paths, header names
@@ -58,6 +58,7 @@ __all__ = [
     "MAX_NODES",
     "MIN_TOKEN_LENGTH",
     "AdminConfig",
+    "CertificateConfig",
     "ConfigError",
     "DnsConfig",
     "DrillsConfig",
@@ -65,7 +66,9 @@ __all__ = [
     "HealthConfig",
     "LeastLatencyConfig",
     "LimitsConfig",
+    "ListenTLSConfig",
     "OriginConfig",
+    "OriginTLSConfig",
     "PagesConfig",
     "PassiveConfig",
     "PublicConfig",
@@ -295,9 +298,104 @@ class _Block(BaseModel):
     )
 
 
+TLSVersion = Literal["1.2", "1.3"]
+_SERVER_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def _tls_problem(check: Any, *args: str) -> None:
+    """Run a check of failover.tls; its TLSFileError becomes the field's error."""
+    from .tls import TLSFileError  # ssl loads only when TLS is configured
+
+    try:
+        check(*args)
+    except TLSFileError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class CertificateConfig(_Block):
+    cert_file: str
+    key_file: str
+
+    @model_validator(mode="after")
+    def _pair(self) -> CertificateConfig:
+        from .tls import check_pair
+
+        _tls_problem(check_pair, self.cert_file, self.key_file)
+        return self
+
+
+class ListenTLSConfig(_Block):
+    """HTTPS on the listener: certificates chosen by SNI (the first is the default)."""
+
+    certificates: list[CertificateConfig]
+    min_version: TLSVersion = "1.2"
+    alpn: list[str] = []
+
+    @field_validator("certificates")
+    @classmethod
+    def _some(cls, value: list[CertificateConfig]) -> list[CertificateConfig]:
+        if not value:
+            raise ValueError("at least one certificate ({cert_file, key_file}) is required")
+        return value
+
+    @field_validator("alpn")
+    @classmethod
+    def _alpn(cls, value: list[str]) -> list[str]:
+        for protocol in value:
+            if protocol != "http/1.1":
+                raise ValueError(
+                    f"{quote(protocol)} is not supported: the listener speaks HTTP/1.1 only "
+                    "(alpn: ['http/1.1'] or leave it out)"
+                )
+        return value
+
+
+class OriginTLSConfig(_Block):
+    """TLS to an origin (per origin, or per pool as the default of its https origins)."""
+
+    server_name: str | None = None  # SNI and the name the certificate must carry
+    verify: bool = True
+    ca_file: str | None = None
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+    min_version: TLSVersion = "1.2"
+
+    @field_validator("server_name")
+    @classmethod
+    def _server_name(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > 253 or not _SERVER_NAME.fullmatch(value)):
+            raise ValueError(f"{quote(value)} is not a host name")
+        return value
+
+    @model_validator(mode="after")
+    def _files(self) -> OriginTLSConfig:
+        from .tls import check_ca, check_pair
+
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            raise ValueError("client_cert_file and client_key_file go together: give both")
+        if self.ca_file is not None:
+            _tls_problem(check_ca, self.ca_file)
+        if self.client_cert_file is not None and self.client_key_file is not None:
+            _tls_problem(check_pair, self.client_cert_file, self.client_key_file)
+        return self
+
+
 class ListenConfig(_Block):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    tls: ListenTLSConfig | None = None
+    # A plain-HTTP port that answers every request with a redirect to HTTPS.
+    redirect_http_port: int | None = Field(None, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _redirect(self) -> ListenConfig:
+        if self.redirect_http_port is not None and self.tls is None:
+            raise ValueError("redirect_http_port needs tls (it redirects to HTTPS)")
+        if self.redirect_http_port is not None and self.redirect_http_port == self.port:
+            raise ValueError(
+                f"redirect_http_port {self.redirect_http_port} is the HTTPS port itself"
+            )
+        return self
 
     @field_validator("host")
     @classmethod
@@ -347,6 +445,13 @@ class OriginConfig(_Block):
     host_header: str | None = None
     preserve_host: bool = False
     health: HealthOverride = HealthOverride()
+    tls: OriginTLSConfig | None = None
+
+    @model_validator(mode="after")
+    def _tls(self) -> OriginConfig:
+        if self.tls is not None and not self.url.startswith("https://"):
+            raise ValueError(f"tls: is set but the url {quote(self.url)} is not https")
+        return self
 
     @field_validator("url")
     @classmethod
@@ -899,6 +1004,7 @@ POOL_BLOCKS = (
     "proxy",
     "drills",
     "least_latency",
+    "tls",
 )
 
 
@@ -915,6 +1021,7 @@ class PoolConfig(_Block):
     stale: StaleConfig = StaleConfig()
     proxy: PoolProxyConfig = PoolProxyConfig()
     drills: DrillsConfig = DrillsConfig()
+    tls: OriginTLSConfig = OriginTLSConfig()
     all_down: AllDown = "try-all"
     balance: Balance = "weighted"
     least_latency: LeastLatencyConfig = LeastLatencyConfig()
@@ -936,6 +1043,15 @@ class PoolConfig(_Block):
         """The origin's effective health settings: its override over the pool's block."""
         override = origin.health.model_dump(exclude_none=True)
         return self.health.model_copy(update=override) if override else self.health
+
+    def tls_for(self, origin: OriginConfig) -> OriginTLSConfig | None:
+        """An https origin's TLS settings: its own `tls` keys over the pool's; None for http."""
+        if not origin.url.startswith("https://"):
+            return None
+        if origin.tls is None:
+            return self.tls
+        own = origin.tls.model_dump(exclude_unset=True)
+        return self.tls.model_copy(update=own) if own else self.tls
 
 
 class RouteConfig(_Block):
@@ -977,6 +1093,7 @@ class Settings(BaseSettings):
     admin: AdminConfig = AdminConfig()
     proxy: ProxyConfig = ProxyConfig()
     stale: StaleConfig = StaleConfig()
+    tls: OriginTLSConfig = OriginTLSConfig()  # the default of every pool's https origins
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
     events: EventsConfig = EventsConfig()
@@ -1069,6 +1186,7 @@ class Settings(BaseSettings):
                 retry=self.retry,
                 timeouts=self.timeouts,
                 stale=self.stale,
+                tls=self.tls,
                 proxy=PoolProxyConfig(
                     origin_header=self.proxy.origin_header,
                     attempts_header=self.proxy.attempts_header,

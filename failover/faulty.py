@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from typing import Any, Literal, NoReturn, cast, get_args
 
 from aiohttp import HttpVersion11, web
@@ -127,8 +128,10 @@ class FaultyOrigin:
         health_path: str = "/health",
         clock: Callable[[], float] = time.monotonic,
         seed: int = 0,
+        ssl: SSLContext | None = None,
     ) -> None:
         _check_mode(mode)
+        self.ssl = ssl  # serve HTTPS with this context
         self.name = name
         self.host = host
         self.port = port
@@ -147,7 +150,8 @@ class FaultyOrigin:
     @property
     def url(self) -> str:
         """Return the base URL of the origin, such as http://127.0.0.1:8081."""
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.ssl is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     async def start(self) -> None:
         """Bind the port and start answering; a port of 0 picks a free one."""
@@ -198,7 +202,7 @@ class FaultyOrigin:
         assert self._server is not None
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(
-            self._server, self.host, self.port, reuse_address=True
+            self._server, self.host, self.port, reuse_address=True, ssl=self.ssl
         )
         self.port = self._listener.sockets[0].getsockname()[1]
 

@@ -391,7 +391,9 @@ class Connection(asyncio.Protocol):
             sender.cancel()
         transport = self.transport
         if transport is not None:
-            if abort or transport.get_write_buffer_size():
+            if self.closed:  # asyncio's SSL transport fails on a buffer size query once lost
+                transport.close()
+            elif abort or transport.get_write_buffer_size():
                 transport.abort()
             else:
                 transport.close()
@@ -596,6 +598,8 @@ class Pool:
         acquire_timeout: float = 2.0,
         keepalive: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        on_tls: Callable[[Any], None] | None = None,
         on_resend: Callable[[], None] | None = None,
         dns: AddressSource | None = None,
     ) -> None:
@@ -608,6 +612,11 @@ class Pool:
         self.port = parts.port or (443 if tls else 80)
         self.prefix = parts.path.rstrip("/")  # put before each target by the caller
         self.ssl = (ssl_context or ssl.create_default_context()) if tls else None
+        # TLS: the name sent as SNI and checked in the certificate (default: the url's host),
+        # and who is told of each new connection's handshake (its `ssl_object`).
+        self.server_hostname = server_hostname or self.host
+        self.on_tls = on_tls if tls else None
+        self.tls: Any = None  # the origin's TLS identity, set by upstream.py
         self.limit = limit
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -801,7 +810,7 @@ class Pool:
                         self.host,
                         self.port,
                         ssl=self.ssl,
-                        server_hostname=self.host if self.ssl is not None else None,
+                        server_hostname=self.server_hostname if self.ssl is not None else None,
                     )
                 else:
                     sock, address = await self._open_socket(self.dns)
@@ -809,7 +818,7 @@ class Pool:
                         lambda: Connection(self, loop),
                         sock=sock,
                         ssl=self.ssl,
-                        server_hostname=self.host if self.ssl is not None else None,
+                        server_hostname=self.server_hostname if self.ssl is not None else None,
                     )
                     conn.address = address
         except TimeoutError:
@@ -819,6 +828,8 @@ class Pool:
         except OSError as exc:
             raise ConnectError(str(exc), exc) from exc
         self.connections_made += 1
+        if self.on_tls is not None and conn.transport is not None:
+            self.on_tls(conn.transport.get_extra_info("ssl_object"))
         if self.closed:
             conn.close()
             raise ConnectError("the connection pool was closed")

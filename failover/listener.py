@@ -32,9 +32,11 @@ uvicorn to the minor version they were written against.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import resource
+import ssl
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -51,7 +53,8 @@ from uvicorn.protocols.http.httptools_impl import (
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.server import ServerState
 
-from .config import LimitsConfig, Settings
+from .config import LimitsConfig, ListenTLSConfig, Settings
+from .tls import ListenerCerts
 
 __all__ = [
     "DISCONNECT_EXTENSION",
@@ -59,6 +62,7 @@ __all__ = [
     "ClosedConnections",
     "HttpProtocolFactory",
     "LimitedHttpToolsProtocol",
+    "WorkerCertificates",
     "connection_limit",
     "prepare_open_files",
     "raise_open_file_limit",
@@ -702,6 +706,46 @@ def uvicorn_options(
         # The listener's idle_timeout takes over uvicorn's keep-alive timeout.
         timeout_keep_alive=limits.idle_timeout,
     )
+    if settings.listen.tls is not None:
+        # HTTPS: one worker serves the App's certificates (its lifespan watches their
+        # files); each of several workers loads and watches its own.
+        context = getattr(app, "listener_context", None)
+        options["ssl_context_factory"] = context or WorkerCertificates(settings.listen.tls)
     if workers > 1:
         options.update(workers=workers, factory=True)
     return options
+
+
+class WorkerCertificates:
+    """uvicorn's `ssl_context_factory` in each of several workers (it pickles as its
+    settings): the worker's own `ListenerCerts`, watched by a task of its own, whose
+    failures are logged."""
+
+    def __init__(self, tls: ListenTLSConfig) -> None:
+        self.tls = tls
+        self.certs: ListenerCerts | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def __reduce__(self) -> tuple[type[WorkerCertificates], tuple[ListenTLSConfig]]:
+        return (WorkerCertificates, (self.tls,))
+
+    def __call__(self, config: Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        certs = self.certs = ListenerCerts(
+            [(c.cert_file, c.key_file) for c in self.tls.certificates],
+            self.tls.min_version,
+            self.tls.alpn,
+        )
+
+        def failed(problem: str) -> None:
+            logger.error("listen.tls: %s; still serving the previous certificates.", problem)
+
+        def done(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                logger.error("The certificate watcher crashed.", exc_info=task.exception())
+
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to watch from
+            self.task = asyncio.get_running_loop().create_task(
+                certs.watch(lambda: logger.info("listen.tls: certificates reloaded."), failed)
+            )
+            self.task.add_done_callback(done)
+        return certs.context

@@ -59,6 +59,14 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.cert_expiry = Gauge(
+            "failover_origin_cert_expiry_seconds",
+            "Seconds until the certificate an https origin last presented expires (negative "
+            "once expired); updated on each full handshake and once a minute.",
+            ["pool", "origin"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.failovers = Counter(
             "failover_failovers",
             "Traffic moves between origins.",

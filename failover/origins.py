@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .config import HealthConfig, OriginConfig, PoolConfig, TimeoutsConfig
+from .config import HealthConfig, OriginConfig, OriginTLSConfig, PoolConfig, TimeoutsConfig
 
 __all__ = ["OPERATOR_FLAGS", "Flag", "Origin", "build_origins"]
 
@@ -43,6 +43,7 @@ class Origin:
     name_header: bytes = b""
     pool_name: str = "default"  # the pool it belongs to
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)  # its pool's
+    tls: OriginTLSConfig | None = None  # an https origin's: its own keys over its pool's
     flags: set[Flag] = field(default_factory=set)
     # Set by the health engine: when this origin last became usable again, and since when
     # (if ever) it may take traffic after its failback hold-down.
@@ -89,6 +90,7 @@ class Origin:
 def build_origins(config: PoolConfig, pool_name: str = "default") -> list[Origin]:
     """A pool's origins, sorted by priority (stable: config order within a tier)."""
     origins = [Origin.from_config(o, config.health_for(o), pool_name) for o in config.origins]
-    for origin in origins:
+    for origin, own in zip(origins, config.origins, strict=True):
         origin.timeouts = config.timeouts
+        origin.tls = config.tls_for(own)
     return sorted(origins, key=lambda origin: origin.priority)

@@ -23,14 +23,17 @@ import errno
 import ipaddress
 import re
 import socket
+import ssl
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
 from . import h1
-from .config import HealthConfig, TimeoutsConfig
+from .config import HealthConfig
 from .health import ProbeResult
 from .origins import Origin
 from .resolver import Resolver
+from .tls import CertificateInfo, OriginTLS, describe
 
 __all__ = [
     "BODY_ERRORS",
@@ -58,6 +61,8 @@ class BrokenResponse(Exception):
 def map_error(exc: BaseException, timeout: float) -> UpstreamError:
     """Translate a client or socket error into one of our kinds."""
     if isinstance(exc, h1.ConnectError):
+        if isinstance(exc.os_error, ssl.SSLError):  # a failed handshake, named
+            return UpstreamError("connect-failure", describe(exc.os_error))
         reason = exc.reason if exc.os_error is None else _os_reason(exc.os_error)
         return UpstreamError("connect-failure", reason)
     if isinstance(exc, h1.PoolFull):
@@ -90,6 +95,8 @@ def _is_localhost(host: str) -> bool:
 
 
 def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return describe(exc)
     if exc.errno == errno.ECONNREFUSED:
         return "connection refused"
     if exc.errno == errno.ECONNRESET:
@@ -113,16 +120,22 @@ class Upstream:
     """Connection pools to the origins, owned by the app's lifespan.
 
     Each origin's pool hangs on `origin.pool`. A config reload hands the pool of an origin
-    whose name, url and timeouts are unchanged to its successor; pools of removed origins are
-    closed once their in-flight requests had time to finish.
+    whose name, url, timeouts and TLS identity (server name, verification, CA, client
+    certificate) are unchanged to its successor; pools of removed origins are closed once their
+    in-flight requests had time to finish. An https origin's pool carries its `OriginTLS` as
+    `pool.tls`; `on_certificate` hears of each new certificate an origin presents.
     """
 
     def __init__(
-        self, max_connections: int, on_resend: Callable[[str, str], None] | None = None
+        self,
+        max_connections: int,
+        on_resend: Callable[[str, str], None] | None = None,
+        on_certificate: Callable[[Origin, CertificateInfo], None] | None = None,
     ) -> None:
         self.max_connections = max_connections
         self.on_resend = on_resend
-        self.pools: dict[tuple[str, str, TimeoutsConfig], h1.Pool] = {}
+        self.on_certificate = on_certificate
+        self.pools: dict[tuple[Any, ...], h1.Pool] = {}
         # Resolves the origins named by host name; None: the event loop's getaddrinfo.
         self.resolver: Resolver | None = None
 
@@ -137,7 +150,13 @@ class Upstream:
         dns = None
         if self.resolver is not None and not _is_ip(host) and not _is_localhost(host):
             dns = self.resolver.host(host)
-        return h1.Pool(
+        tls: OriginTLS | None = None
+        if origin.url.startswith("https://") and origin.tls is not None:
+            tls = OriginTLS(origin.tls, host)
+        on_certificate = self.on_certificate
+        if tls is not None and on_certificate is not None:
+            tls.on_certificate = lambda info: on_certificate(origin, info)
+        pool = h1.Pool(
             origin.base,
             limit=self.max_connections,
             connect_timeout=timeouts.connect,
@@ -145,16 +164,25 @@ class Upstream:
             send_timeout=timeouts.send,
             acquire_timeout=timeouts.connect,
             keepalive=min(timeouts.idle, 30.0),
+            ssl_context=tls.context if tls is not None else None,
+            server_hostname=tls.server_name if tls is not None else None,
+            on_tls=tls.connected if tls is not None else None,
             on_resend=None
             if on_resend is None
             else lambda: on_resend(origin.pool_name, origin.name),
             dns=dns,
         )
+        pool.tls = tls
+        return pool
+
+    @staticmethod
+    def _key(origin: Origin) -> tuple[Any, ...]:
+        return (origin.name, origin.url, origin.timeouts, origin.tls)
 
     def add(self, origin: Origin) -> None:
         """Give `origin` its pool (a new one unless an origin of that name, url and timeouts
         had one)."""
-        key = (origin.name, origin.url, origin.timeouts)
+        key = self._key(origin)
         pool = self.pools.get(key)
         if pool is None:
             pool = self.pools[key] = self._pool(origin)
@@ -166,7 +194,7 @@ class Upstream:
         previous, self.pools = self.pools, {}
         if max_connections == self.max_connections:
             for origin in origins:
-                key = (origin.name, origin.url, origin.timeouts)
+                key = self._key(origin)
                 if key in previous:
                     self.pools[key] = previous.pop(key)
         self.max_connections = max_connections

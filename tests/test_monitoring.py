@@ -29,13 +29,7 @@ DASHBOARD = ROOT / "config" / "grafana-dashboard.json"
 # Metrics that a rule or panel already names but that the proxy does not export yet, and what
 # waits on each. Once the proxy exports one, test_every_metric_named_is_exported fails: take it
 # off this list.
-COMING = {
-    # the seconds until an origin's TLS certificate expires; comes with origin TLS (issue 12)
-    "failover_origin_cert_expiry_seconds": (
-        "FailoverCertificateExpiringSoon",
-        "FailoverCertificateExpiring",
-    ),
-}
+COMING: dict[str, tuple[str, ...]] = {}
 # The drills' metrics (issue 14). Nothing names them yet. Once the proxy exports them, this
 # test fails: add the "no successful drill in 30 days" rule (FailoverNoSuccessfulDrill on
 # failover_drill_last_success_timestamp_seconds) and the drill results panel (on

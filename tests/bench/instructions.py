@@ -4,6 +4,7 @@ Usage, from the repository root with the project's virtualenv:
 
     python tests/bench/instructions.py --tree before=../base --tree after=.
     python tests/bench/instructions.py --tree after=. --requests 4000 --object /1m.bin
+    python tests/bench/instructions.py --variant a="balance: weighted" --variant b="balance: least-latency"
 
 Timed figures (req/s, CPU seconds per request) swing with whatever else the machine runs; the
 number of instructions a process executes to serve a request does not. Each tree's proxy runs
@@ -89,11 +90,12 @@ def count(
     requests: int,
     connections: int,
     keep: Path | None = None,
+    overlay: str = "",
 ) -> float:
     """Instructions per request of the proxy from `tree` serving `path`."""
     port = free_port()
     config = workdir / f"{name}.yaml"
-    config.write_text(failover_config(port, origin_port, ""))
+    config.write_text(failover_config(port, origin_port, overlay))
     out = workdir / f"{name}.callgrind"
     python = tree / ".venv" / "bin" / "python"
     env = {**os.environ, "PYTHONPATH": str(tree)}
@@ -159,6 +161,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="NAME=DIR",
         help="a checkout to measure (default: this one, as 'this')",
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=YAML",
+        help="config keys laid over the one-origin config for NAME (as in compare.py); a "
+        "variant without a --tree runs from this checkout",
+    )
     parser.add_argument("--object", default="/1k.bin", choices=[p for p, _ in OBJECTS.values()])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--connections", type=int, default=8)
@@ -170,7 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for tool in (NGINX, VALGRIND, CONTROL):
         if not os.access(tool, os.X_OK):
             raise SystemExit(f"{tool} is missing; this benchmark needs nginx and valgrind")
-    trees = dict(item.split("=", 1) for item in args.tree) or {"this": str(REPO)}
+    trees = dict(item.split("=", 1) for item in args.tree)
+    overlays = dict(item.split("=", 1) for item in args.variant)
+    for name in overlays:
+        trees.setdefault(name, str(REPO))
+    trees = trees or {"this": str(REPO)}
     workdir = Path(tempfile.mkdtemp(prefix="failover-instructions-"))
     procs = Processes(workdir)
     try:
@@ -201,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.requests,
                     args.connections,
                     args.keep,
+                    overlays.get(name, ""),
                 )
                 results[name].append(value)
                 print(f"  round {index + 1}: {name:>10} {value:,.0f}", flush=True)

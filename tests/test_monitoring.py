@@ -343,7 +343,10 @@ async def test_the_drill_alert_fires_for_pools_not_drilled_in_30_days(
         return series(await get_metrics(proxy.client), {name})
 
     # A pool with no passed drill is exported as 0 (not left out), so the rule sees it.
-    await wait_for(reported, timeout=5)
+    async def exported_yet() -> bool:
+        return bool(await reported())
+
+    await wait_for(exported_yet, timeout=5)
     never = await reported()
     assert list(never.values()) == [0.0]
 

@@ -53,7 +53,8 @@ def add_commands(commands: Any) -> None:
         f"{DEFAULT_PREFIX}; default: listen.host, listen.port and admin.prefix of the config)",
     )
     common.add_argument(
-        "--token", help="admin.token for drain, enable, disable, reload ($FAILOVER_ADMIN_TOKEN)"
+        "--token",
+        help="admin.token for drain, enable, disable, reload, drill ($FAILOVER_ADMIN_TOKEN)",
     )
     common.add_argument(
         "--config",
@@ -103,17 +104,19 @@ def add_commands(commands: Any) -> None:
     )
     drill.add_argument(
         "--max-error-rate",
-        help="abort above this error rate at the other origins, e.g. 1%% (default: drills.*)",
+        help="abort above this error rate at the other origins, e.g. 1%% (default: the "
+        "pool's drills.max_error_rate)",
     )
     drill.add_argument(
-        "--max-p95", help="abort above this p95 latency, e.g. 500ms (default: drills.*)"
+        "--max-p95",
+        help="abort above this p95 latency, e.g. 500ms (default: the pool's drills.max_p95)",
     )
     drill.add_argument(
         "--wait",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="wait for the drill to end and show its report (default); --no-wait: start it "
-        "and show its id",
+        "and show its report as it starts",
     )
     drill.add_argument("--by", help="who, recorded with the drill (default: $USER)")
     drill.add_argument("--json", action="store_true", help="the drill report as JSON")

@@ -1,5 +1,5 @@
 """The `failover` command: run, check, demo, and the operator's commands against a running
-proxy (status, events, drain, enable, disable, reload; see failover/control.py).
+proxy (status, events, drain, enable, disable, reload, drill; see failover/control.py).
 
 Fatal errors end here, at the boundary: library code raises, this module prints one line
 per problem and exits with status 2.

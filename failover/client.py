@@ -87,6 +87,15 @@ class AdminClient:
         problems, one per line."""
         return self._call("POST", "/reload", mutation=True)
 
+    def start_drill(self, pool: str, body: dict[str, str], by: str | None) -> dict[str, Any]:
+        """The new drill's report (202); a refusal raises AdminError (exit 1) with the
+        proxy's sentence."""
+        params = {"by": by} if by else None
+        return self._call("POST", f"/pools/{pool}/drills", params=params, mutation=True, json=body)
+
+    def drill(self, drill_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/drills/{drill_id}")
+
     # -- one request ------------------------------------------------------------------------
 
     def _call(
@@ -96,11 +105,12 @@ class AdminClient:
         params: dict[str, str] | None = None,
         timeout: float | None = None,
         mutation: bool = False,
+        json: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         url = self.url + path
         try:
             response = self._http.request(
-                method, url, params=params, timeout=timeout or self.timeout
+                method, url, params=params, timeout=timeout or self.timeout, json=json
             )
         except httpx.ConnectError as exc:
             raise AdminError(
@@ -125,7 +135,7 @@ class AdminClient:
                 body = response.json()
             except ValueError:
                 body = None
-        if status == 200 and isinstance(body, dict):
+        if status in (200, 202) and isinstance(body, dict):
             return body
         said = _said(response)
         if status == 401:

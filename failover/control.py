@@ -1,8 +1,9 @@
 """The operator's commands against a running proxy, through its admin API:
-`status`, `events`, `drain`, `enable`, `disable`, `reload`.
+`status`, `events`, `drain`, `enable`, `disable`, `reload`, `drill`.
 
-Exit status: 0 done; 1 the proxy answered and said no (a reload of an invalid config, or of a
-proxy that runs without a config file); 2 it could not be done as asked (a usage mistake, the
+Exit status: 0 done (a drill: it passed, or with --no-wait it started); 1 the proxy answered
+and said no (a reload of an invalid config, or of a proxy that runs without a config file; a
+drill that aborted or was refused); 2 it could not be done as asked (a usage mistake, the
 proxy unreachable or too slow, a wrong or missing token, a client outside `admin.allow`, an
 unknown origin or pool). Every failure is one line on stderr.
 """
@@ -25,13 +26,16 @@ if TYPE_CHECKING:  # httpx loads only when one of these commands runs
 __all__ = ["COMMANDS", "add_commands", "admin_url", "run_command"]
 
 ACTIONS = ("drain", "enable", "disable")
-COMMANDS = ("status", "events", *ACTIONS, "reload")
+COMMANDS = ("status", "events", *ACTIONS, "reload", "drill")
 DEFAULT_PREFIX = "/_failover"
 FOLLOW_WAIT = 5.0  # seconds one poll of `events --follow` waits for news (and may hold a stop)
+DRILL_POLL = 0.5  # seconds between two looks at a running drill
+DRILL_MARGIN = 10.0  # seconds a drill may take past its duration before `drill` stops waiting
 EPILOG = (
     "exit status: 0 done; 1 the proxy said no (reload: the new config is invalid, or the "
-    "proxy runs without a config file); 2 not done: usage, proxy unreachable or too slow, "
-    "wrong or missing token, not in admin.allow, unknown origin or pool"
+    "proxy runs without a config file; drill: it aborted or was refused); 2 not done: usage, "
+    "proxy unreachable or too slow, wrong or missing token, not in admin.allow, unknown "
+    "origin or pool"
 )
 ACTION_HELP = {
     "drain": "stop sending new requests to ORIGIN (requests in flight finish)",
@@ -49,7 +53,8 @@ def add_commands(commands: Any) -> None:
         f"{DEFAULT_PREFIX}; default: listen.host, listen.port and admin.prefix of the config)",
     )
     common.add_argument(
-        "--token", help="admin.token for drain, enable, disable, reload ($FAILOVER_ADMIN_TOKEN)"
+        "--token",
+        help="admin.token for drain, enable, disable, reload, drill ($FAILOVER_ADMIN_TOKEN)",
     )
     common.add_argument(
         "--config",
@@ -91,6 +96,30 @@ def add_commands(commands: Any) -> None:
 
     reload = add("reload", "ask the running proxy to re-read its config file now")
     reload.add_argument("--json", action="store_true", help="the outcome as JSON")
+
+    drill = add("drill", "drain POOL's preferred origin for a while to prove the others carry it")
+    drill.add_argument("pool", metavar="POOL")
+    drill.add_argument(
+        "--duration", help="how long, e.g. 60s (default: the pool's drills.duration)"
+    )
+    drill.add_argument(
+        "--max-error-rate",
+        help="abort above this error rate at the other origins, e.g. 1%% (default: the "
+        "pool's drills.max_error_rate)",
+    )
+    drill.add_argument(
+        "--max-p95",
+        help="abort above this p95 latency, e.g. 500ms (default: the pool's drills.max_p95)",
+    )
+    drill.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="wait for the drill to end and show its report (default); --no-wait: start it "
+        "and show its report as it starts",
+    )
+    drill.add_argument("--by", help="who, recorded with the drill (default: $USER)")
+    drill.add_argument("--json", action="store_true", help="the drill report as JSON")
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -303,6 +332,79 @@ def _reload(client: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _drill(client: AdminClient, args: argparse.Namespace) -> int:
+    from .client import EXIT_OK, EXIT_REFUSED, AdminError
+    from .drills import drill_body
+
+    by = args.by or os.environ.get("USER") or None
+    body = drill_body(args.duration, args.max_error_rate, args.max_p95)
+    report = client.start_drill(args.pool, body, by)
+    drill_id = str(report.get("id"))
+    where = f"{client.url}/drills/{drill_id}"
+    if args.wait:
+        bound = float(report.get("duration") or 0) + DRILL_MARGIN
+        deadline = time.monotonic() + bound
+        try:
+            while report.get("state") == "running":
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AdminError(
+                        f"drill {drill_id} of pool {args.pool!r} had not ended after {bound:g} s "
+                        f"(its duration and {DRILL_MARGIN:g} s); its report: GET {where}"
+                    )
+                time.sleep(min(DRILL_POLL, left))
+                report = client.drill(drill_id)
+        except KeyboardInterrupt:
+            raise AdminError(
+                f"stopped waiting; drill {drill_id} of pool {args.pool!r} runs on, its "
+                f"report: GET {where}"
+            ) from None
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(_drill_report(report))
+        if report.get("state") == "running":
+            print(f"running; its report: GET {where}")
+    return EXIT_REFUSED if report.get("state") == "aborted" else EXIT_OK
+
+
+def _drill_report(report: dict[str, Any]) -> str:
+    """A drill report as a header and a table of the origins' share of the traffic."""
+    reason = report.get("reason")
+    thresholds = report.get("thresholds") or {}
+    rate, p95 = thresholds.get("max_error_rate"), thresholds.get("max_p95_ms")
+    lines = [
+        f"drill {report.get('id')} of pool {report.get('pool')}: {report.get('state')}"
+        + (f" ({reason})" if reason else ""),
+        f"drained {report.get('origin')} for {float(report.get('elapsed') or 0):g} s of "
+        f"{float(report.get('duration') or 0):g} s"
+        + (
+            f"; abort above {100 * float(rate):g}% errors or p95 {float(p95):g} ms"
+            if isinstance(rate, int | float) and isinstance(p95, int | float)
+            else ""
+        ),
+    ]
+
+    def ms(value: Any) -> str:
+        return f"{value:g} ms" if isinstance(value, int | float) else "-"
+
+    rows: list[tuple[str, ...]] = [("ORIGIN", "REQUESTS", "ERRORS", "ERROR RATE", "P50", "P95")]
+    for name, tally in (report.get("origins") or {}).items():
+        drained = " (drained)" if name == report.get("origin") else ""
+        rows.append(
+            (
+                f"{name}{drained}",
+                str(tally.get("requests", 0)),
+                str(tally.get("errors", 0)),
+                f"{100 * float(tally.get('error_rate') or 0):.1f}%",
+                ms(tally.get("p50_ms")),
+                ms(tally.get("p95_ms")),
+            )
+        )
+    lines.append(_table(rows))
+    return "\n".join(lines)
+
+
 HANDLERS: dict[str, Callable[[AdminClient, argparse.Namespace], int]] = {
     "status": _status,
     "events": _events,
@@ -310,4 +412,5 @@ HANDLERS: dict[str, Callable[[AdminClient, argparse.Namespace], int]] = {
     "enable": _override,
     "disable": _override,
     "reload": _reload,
+    "drill": _drill,
 }

@@ -596,6 +596,9 @@ class Drills:
         metrics = self.host.metrics
         self._expire_remote(wall)
         for pool in self.host.runtime.pools.values():
+            if metrics is not None and not any(key[0] == pool.name for key in self.last_passed):
+                # 0 = no drill passed here (yet): alerts see the pool, not a missing series.
+                metrics.drill_success.labels(pool.name).set(0)
             for origin in pool.origins:
                 total, failures, _ = pool.engine.outliers[origin.name].window(now)
                 if total > failures:

@@ -173,7 +173,8 @@ class Metrics:
         )
         self.drill_success = Gauge(
             "failover_drill_last_success_timestamp_seconds",
-            "When the pool's last drill passed (seconds since the epoch).",
+            "When the pool's last drill passed (seconds since the epoch; 0 if none passed "
+            "since the process started).",
             ["pool"],
             registry=r,
             multiprocess_mode="max",

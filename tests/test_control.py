@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from tests.helpers import (
     two_origins_config,
     write_config,
 )
+from tests.test_drills import traffic
 
 
 @pytest.fixture(autouse=True)
@@ -489,7 +491,7 @@ async def test_help_names_the_commands_and_the_exit_codes(cli: Cli) -> None:
     with pytest.raises(SystemExit):
         main(["--help"])
     out = cli.capsys.readouterr().out
-    for command in ("status", "events", "drain", "enable", "disable", "reload"):
+    for command in ("status", "events", "drain", "enable", "disable", "reload", "drill"):
         assert f"    {command} " in out, command
     with pytest.raises(SystemExit):
         main(["status", "--help"])
@@ -513,3 +515,108 @@ def test_httpx_errors_do_not_escape(tmp_path: Path) -> None:
         "talking to the proxy's admin API at http://127.0.0.1:1/_failover failed: "
         "peer closed connection without sending a response"
     )
+
+
+# --- drill -----------------------------------------------------------------------------------
+
+
+async def test_drill_waits_for_a_passing_drill_and_shows_its_report(
+    cli: Cli, make_origin: Any, make_proxy: Any
+) -> None:
+    proxy = await two_origin_proxy(make_origin, make_proxy)
+    url = ("--url", proxy.url, "--token", TOKEN)
+    async with traffic(proxy) as served:
+        await wait_for(lambda: len(served) >= 5, timeout=5)
+        code, out, err = await cli("drill", "default", *url, "--duration", "1s", "--max-p95", "2s")
+        assert (code, err) == (0, "")
+        lines = out.splitlines()
+        assert re.fullmatch(r"drill \S+ of pool default: passed", lines[0]), out
+        assert re.fullmatch(
+            r"drained primary for 1(\.\d+)? s of 1 s; abort above 1% errors or p95 2000 ms",
+            lines[1],
+        ), out
+        assert lines[2].split() == ["ORIGIN", "REQUESTS", "ERRORS", "ERROR", "RATE", "P50", "P95"]
+        rows = {line.split()[0]: line.split() for line in lines[3:]}
+        assert set(rows) == {"primary", "secondary"} and rows["primary"][1] == "(drained)"
+        assert int(rows["secondary"][1]) >= 10 and rows["secondary"][2:4] == ["0", "0.0%"]
+        assert "secondary" in served  # the traffic really moved while the primary was out
+        drill_id = lines[0].split()[1]
+        assert proxy.app.drills.reports[drill_id].state == "passed"
+        assert proxy.app.drills.reports[drill_id].trigger == "started by alice"
+
+        # --no-wait --json: the report of the drill as it starts, for scripts.
+        code, out, err = await cli(
+            "drill", "default", *url, "--duration", "0.3s", "--no-wait", "--json"
+        )
+        assert (code, err) == (0, "")
+        report = json.loads(out)
+        assert (report["state"], report["origin"], report["duration"]) == (
+            "running",
+            "primary",
+            0.3,
+        )
+        drills = proxy.app.drills
+        await wait_for(lambda: drills.reports[report["id"]].state == "passed", timeout=3)
+
+
+async def test_drill_that_aborts_exits_1_with_the_reason(
+    cli: Cli, make_origin: Any, make_proxy: Any
+) -> None:
+    primary: FaultyOrigin = await make_origin("primary")
+    secondary: FaultyOrigin = await make_origin("secondary")
+    proxy: RunningProxy = await make_proxy(
+        two_origins_config(primary, secondary, admin={"token": TOKEN})
+    )
+    await wait_for(lambda: proxy.app.engine.ready(), timeout=5)
+    async with traffic(proxy):
+        argv = ("drill", "default", "--url", proxy.url, "--token", TOKEN, "--duration", "30s")
+        command = asyncio.create_task(cli(*argv))
+        await wait_for(lambda: proxy.app.drills.running.get("default") is not None, timeout=5)
+        await secondary.set_mode("http5xx")
+        code, out, err = await asyncio.wait_for(command, timeout=5)
+    assert (code, err) == (1, "")
+    first = out.splitlines()[0]
+    assert re.fullmatch(r"drill \S+ of pool default: aborted \(.+\)", first), out
+    assert proxy.app.runtime.origins["primary"].usable
+
+
+async def test_a_refused_drill_prints_the_proxy_s_sentence_and_exits_1(
+    cli: Cli, make_origin: Any, make_proxy: Any
+) -> None:
+    proxy = await two_origin_proxy(make_origin, make_proxy)
+    url = ("--url", proxy.url, "--token", TOKEN)
+    assert (await cli("drain", "secondary", *url))[0] == 0
+
+    code, out, err = await cli("drill", "default", *url)
+    assert (code, out) == (1, "")
+    assert err == (
+        "failover drill: pool 'default' has 1 usable origin(s) (primary); a drill needs at "
+        "least two, or it would take the site down\n"
+    )
+    assert proxy.app.drills.reports == {}
+
+    code, out, err = await cli("drill", "nope", *url)
+    assert (code, out) == (2, "")
+    assert err == "failover drill: no pool named 'nope' (known: default)\n"
+    code, out, err = await cli("drill", "default", *url, "--duration", "forever")
+    assert (code, out) == (2, "")
+    assert err.startswith("failover drill: duration: ") and err.count("\n") == 1
+
+
+async def test_drill_with_a_wrong_token_or_no_proxy_exits_2(
+    cli: Cli, make_origin: Any, make_proxy: Any
+) -> None:
+    proxy = await two_origin_proxy(make_origin, make_proxy)
+
+    code, out, err = await cli("drill", "default", "--url", proxy.url, "--token", "stale")
+    assert (code, out) == (2, "")
+    assert err == (
+        f"failover drill: the proxy at {proxy.url}{PREFIX} refused the token (401): "
+        "check --token or FAILOVER_ADMIN_TOKEN against admin.token\n"
+    )
+    assert proxy.app.drills.reports == {}
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    code, out, err = await cli("drill", "default", "--url", closed, "--token", TOKEN)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"failover drill: cannot reach the proxy's admin API at {closed}")

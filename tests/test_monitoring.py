@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from failover.faulty import FaultyOrigin
-from tests.conftest import RunningProxy, origin_config, proxy_config
+from tests.conftest import RunningProxy, origin_config, proxy_config, wait_for
 from tests.helpers import AUTH, NO_HEALTH, NO_PASSIVE, PREFIX, TOKEN, get_metrics, metric
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,11 +30,6 @@ DASHBOARD = ROOT / "config" / "grafana-dashboard.json"
 # waits on each. Once the proxy exports one, test_every_metric_named_is_exported fails: take it
 # off this list.
 COMING: dict[str, tuple[str, ...]] = {}
-# The drills' metrics (issue 14). Nothing names them yet. Once the proxy exports them, this
-# test fails: add the "no successful drill in 30 days" rule (FailoverNoSuccessfulDrill on
-# failover_drill_last_success_timestamp_seconds) and the drill results panel (on
-# failover_drill_total), then drop this list.
-DRILL_METRICS = ("failover_drill_last_success_timestamp_seconds", "failover_drill_total")
 
 ALERT_NAMES = {
     "FailoverOriginDown",
@@ -43,6 +38,7 @@ ALERT_NAMES = {
     "FailoverCertificateExpiringSoon",
     "FailoverCertificateExpiring",
     "FailoverRetryBudgetExhausted",
+    "FailoverNoSuccessfulDrill",
 }
 PANELS = {
     "Traffic by origin",
@@ -56,6 +52,7 @@ PANELS = {
     "Ejections",
     "Retries",
     "Config reloads",
+    "Drill results",
 }
 METRIC = re.compile(r"\bfailover_[a-z0-9_]+")
 JOB = {"job": "failover", "instance": "edge-1:8080"}
@@ -209,11 +206,6 @@ async def test_every_metric_named_is_exported(make_origin: Any, make_proxy: Any)
         naming = {rule["alert"] for rule in alert_rules() if name in rule["expr"]}
         assert naming == set(rules), f"COMING[{name!r}] is stale: rules naming it: {naming}"
 
-    drills = set(DRILL_METRICS) & have
-    assert not drills, (
-        f"{sorted(drills)} now exported: add the drill rule and panel (see DRILL_METRICS)"
-    )
-
 
 # --- the alerts fire on what a real proxy reports ---------------------------------------------
 
@@ -329,3 +321,76 @@ async def test_ejections_and_tiers_are_counted(make_origin: Any, make_proxy: Any
     text = await get_metrics(proxy.client)
     assert metric(text, "failover_ejections_total", pool="default", origin="primary") == 1
     assert metric(text, "failover_pool_tier", pool="default") == 1
+
+
+# --- the drill alert: never drilled, drilled long ago, restarted since the last pass ----------
+
+
+async def test_the_drill_alert_fires_for_pools_not_drilled_in_30_days(
+    tmp_path: Path, make_origin: Any, make_proxy: Any
+) -> None:
+    promtool()
+    _, proxy = await serving_proxy(make_origin, make_proxy)
+    name = "failover_drill_last_success_timestamp_seconds"
+
+    async def reported() -> dict[str, float]:
+        return series(await get_metrics(proxy.client), {name})
+
+    # A pool with no passed drill is exported as 0 (not left out), so the rule sees it.
+    async def exported_yet() -> bool:
+        return bool(await reported())
+
+    await wait_for(exported_yet, timeout=5)
+    never = await reported()
+    assert list(never.values()) == [0.0]
+
+    day = 86400
+    other = JOB | {"instance": "edge-2:8080"}
+
+    def labelled(pool: str, job: dict[str, str] = JOB) -> str:
+        text = ",".join(f'{k}="{v}"' for k, v in sorted((job | {"pool": pool}).items()))
+        return f"{name}{{{text}}}"
+
+    # One sample an hour for 40 days (961 samples), the rules evaluated on each; the values
+    # are seconds since the epoch, which is where promtool's clock starts.
+    inputs = [
+        # what the real proxy reports for its pool "default", all along
+        {"series": next(iter(never)), "values": "0x960"},
+        # passed on day 2, never since
+        {"series": labelled("old"), "values": f"0x47 {2 * day}x912"},
+        # passed on day 20; the proxy restarted on day 25 and reports 0 again; another proxy
+        # of the job never ran a drill of this pool
+        {"series": labelled("recent"), "values": f"0x479 {20 * day}x119 0x360"},
+        {"series": labelled("recent", other), "values": "0x960"},
+    ]
+
+    def alert(pool: str) -> dict[str, Any]:
+        labels = {"alertname": "FailoverNoSuccessfulDrill", "alertstate": "firing"}
+        labels |= {"job": JOB["job"], "pool": pool, "severity": "warning"}
+        text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        return {"labels": f"ALERTS{{{text}}}", "value": 1}
+
+    query = 'ALERTS{alertname="FailoverNoSuccessfulDrill", alertstate="firing"}'
+    spec = {
+        "rule_files": [str(ALERTS)],
+        "evaluation_interval": "1h",
+        "tests": [
+            {
+                "interval": "1h",
+                "input_series": inputs,
+                "promql_expr_test": [
+                    # `for: 1h`: a new proxy gets an hour to run its first drill
+                    {"expr": query, "eval_time": "45m", "exp_samples": []},
+                    {
+                        "expr": query,
+                        "eval_time": "40d",
+                        "exp_samples": [alert("default"), alert("old")],
+                    },
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "drill_alert_test.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = run_promtool("test", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -4,7 +4,8 @@ Usage, from the repository root with the project's virtualenv:
 
     python tests/bench/instructions.py --tree before=../base --tree after=.
     python tests/bench/instructions.py --tree after=. --requests 4000 --object /1m.bin
-    python tests/bench/instructions.py --variant a="balance: weighted" --variant b="balance: least-latency"
+    python tests/bench/instructions.py --variant a="balance: weighted" \
+        --variant b="balance: least-latency"
 
 Timed figures (req/s, CPU seconds per request) swing with whatever else the machine runs; the
 number of instructions a process executes to serve a request does not. Each tree's proxy runs

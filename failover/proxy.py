@@ -1,8 +1,9 @@
 """The hot path: a raw ASGI app. route -> select -> forward -> stream back -> report.
 
-Requests under the admin prefix go to the admin app; everything else is routed to a pool by
-Host and path and sent to its origins (failover.attempts); the response that stands is
-streamed back.
+Requests under the admin prefix go to the admin app (and under the public prefix to the status
+feed); everything else is routed to a pool by Host and path and sent to its origins
+(failover.attempts); the response that stands is streamed back. A WebSocket handshake goes to
+failover.handshake; the proxy's own error answers are in failover.answers.
 
 What a client does is never counted against an origin: its body is read (up to the replay
 buffer) before an origin is chosen, a client that leaves cancels the request at once (status
@@ -13,41 +14,36 @@ large is answered 408 or 413 by the proxy itself.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from http import HTTPStatus
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .answers import CLIENT_GONE, ERROR_STATUS, ErrorAnswers, extra_headers, log_access, plain
 from .attempts import Attempts, Exchange
 from .config import Settings
+from .handshake import Handshakes
 from .headers import request_headers, request_target, response_headers
 from .listener import DISCONNECT_EXTENSION, UPGRADE_EXTENSION
 from .metrics import Metrics
 from .origins import Origin
 from .pages import MaintenancePage
 from .pool import Pool
-from .public import StatusBoard, iso
-from .retry import BodyRejected, ClientGone, RequestBody, RetryPlan, RetryPolicy
-from .router import Match, Router
+from .public import StatusBoard
+from .retry import BodyRejected, ClientGone, RequestBody, RetryPlan
+from .router import Router
 from .stale import StaleCache, Tee
 from .upstream import BODY_ERRORS, Upstream, UpstreamResponse, broken
-from .websocket import Tunnel, UpgradeAttempts, WebSockets, access_fields, handshake_policy
+from .websocket import WebSockets
 
 __all__ = ["Proxy", "ResponseAborted"]
 
 logger = logging.getLogger("failover.proxy")
-_access = logging.getLogger("failover.access")
 
 _NO_BODY_STATUSES = frozenset({204, 304})
-# nginx's convention for a client that closed the connection before the response started.
-CLIENT_GONE = 499
 _NO_EXTENSIONS: dict[str, Any] = {}
-# What the client gets when no attempt produced a response, by the last attempt's result.
-_ERROR_STATUS: dict[str | int, int] = {"timeout": 504, "pool-full": 503}
 
 
 class ResponseAborted(Exception):
@@ -83,17 +79,22 @@ class Proxy:
         if public is not None:
             self.mounts.append((settings.public.prefix, public))
         self.reserved = tuple(prefix for prefix, _ in self.mounts)
-        self.page = page
-        self.board = board
         self.via = settings.proxy.via
         self.via_header = f"1.1 {self.via}".encode()
         self.metrics = metrics
         self.access_log = settings.log.access
         self.body_timeout = settings.limits.body_timeout
         self.max_body = settings.limits.max_body_bytes
-        self.websockets = WebSockets(metrics) if websockets is None else websockets
-        self.upgrade_attempts = UpgradeAttempts(upstream, clock, metrics)
-        self.handshake_policies: dict[str, RetryPolicy] = {}  # by pool, built on first use
+        self.answers = ErrorAnswers(page, board)
+        self.handshakes = Handshakes(
+            settings,
+            upstream,
+            WebSockets(metrics) if websockets is None else websockets,
+            self.answers,
+            self._stream,
+            clock,
+            metrics,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -114,7 +115,7 @@ class Proxy:
     async def forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         requested = request_target(scope)
         if requested is None:
-            await _plain(send, 400, "request target must be a path such as /index.html")
+            await plain(send, 400, "request target must be a path such as /index.html")
             return
         target, authority = requested
         client = scope.get("client")
@@ -132,18 +133,18 @@ class Proxy:
             if self.metrics is not None:
                 self.metrics.request("-", "-", 404, 0.0)
             named = f"host {client_host!r}" if client_host else "a request with no Host header"
-            await _plain(send, 404, f"no site is served here for {named}")
+            await plain(send, 404, f"no site is served here for {named}")
             return
         max_body = self.max_body
         if max_body is not None and length is not None and length > max_body:
             reason = f"request body of {length} bytes is over {max_body} (limits.max_body_bytes)"
-            await _plain(send, 413, reason, [(b"connection", b"close")])
+            await plain(send, 413, reason, [(b"connection", b"close")])
             return
         pool = self.pools[match.route.pool]
         extensions = scope.get("extensions", _NO_EXTENSIONS)
         upgrade = extensions.get(UPGRADE_EXTENSION)
         if upgrade is not None:
-            await self._upgrade(scope, send, pool, match, headers, client_host, extensions)
+            await self.handshakes.run(scope, send, pool, match, headers, client_host, extensions)
             return
         body = None
         if length != 0:
@@ -180,7 +181,7 @@ class Proxy:
             if exchange.status:
                 raise  # the response has started: nothing else can be said
             exchange.status = rejected.status
-            await _plain(send, rejected.status, rejected.reason, [(b"connection", b"close")])
+            await plain(send, rejected.status, rejected.reason, [(b"connection", b"close")])
         finally:
             exchange.active = False  # the request is over: a late disconnect cancels nothing
             pool.budget.active -= 1
@@ -189,7 +190,7 @@ class Proxy:
             if self.metrics is not None:
                 self.metrics.request(pool.name, exchange.origin, exchange.status, duration)
             if self.access_log:
-                _log_access(scope, exchange, duration)
+                log_access(scope, exchange, duration)
 
     async def _forward(self, scope: Scope, send: Send, exchange: Exchange) -> None:
         pool = exchange.pool
@@ -197,7 +198,7 @@ class Proxy:
         if origin is None:
             if pool.all_down == "503" or pool.all_down == "page":
                 exchange.status = 503
-                await self._all_down(scope, send, pool)
+                await self.answers.all_down(scope, send, pool)
                 return
             if pool.all_down == "stale" and await self._serve_stale(scope, send, exchange):
                 return
@@ -209,132 +210,16 @@ class Proxy:
             if response is not None:
                 response.close()
             return
-        extra = _extra_headers(exchange)
+        extra = extra_headers(exchange)
         if response is None:
-            exchange.status = _ERROR_STATUS.get(result, 502)
-            if self.page is not None:
-                await self._page(scope, send, exchange.status, pool, extra)
+            exchange.status = ERROR_STATUS.get(result, 502)
+            if self.answers.page is not None:
+                await self.answers.page_answer(scope, send, exchange.status, pool, extra)
                 return
             reasons = "; ".join(exchange.failures)
-            await _plain(send, exchange.status, f"no origin answered ({reasons})", extra)
+            await plain(send, exchange.status, f"no origin answered ({reasons})", extra)
             return
         await self._stream(scope, send, origin, response, exchange, extra)
-
-    async def _upgrade(
-        self,
-        scope: Scope,
-        send: Send,
-        pool: Pool,
-        match: Match,
-        headers: list[tuple[str, str]],
-        client_host: str | None,
-        extensions: Mapping[str, Any],
-    ) -> None:
-        """A WebSocket handshake (failover.websocket): sent to the pool like any request until
-        an origin answers 101; then the client's connection is joined to that origin's. Any
-        other answer is relayed, and the client's connection closes after it."""
-        started = self.clock()
-        deadline_at = None if pool.request_timeout is None else started + pool.request_timeout
-        method = scope["method"]
-        policy = self.handshake_policies.get(pool.name)
-        if policy is None:
-            policy = self.handshake_policies[pool.name] = handshake_policy(pool.config.retry)
-        plan = RetryPlan(
-            policy, pool.budget, pool.engine.next_after, method, None, False, deadline_at
-        )
-        headers = [*headers, ("Connection", "Upgrade"), ("Upgrade", "websocket")]
-        exchange = Exchange(pool, plan, method, match.path, headers, client_host, None)
-        exchange.host_header, exchange.mount = match.route.host_header, match.stripped
-        accept = extensions[UPGRADE_EXTENSION]["accept"]
-        disconnect = extensions.get(DISCONNECT_EXTENSION)
-        if disconnect is not None:
-            disconnect["watch"](exchange.client_left)
-        pool.budget.active += 1
-        tunneled = False
-        try:
-            origin = pool.engine.pick()
-            if origin is None:
-                if pool.all_down == "503" or pool.all_down == "page":
-                    exchange.status = 503
-                    await self._all_down(scope, send, pool)
-                    return
-                origin = pool.engine.next_after([])
-                assert origin is not None
-            origin, response, result = await self.upgrade_attempts.run(exchange, origin)
-            extra = _extra_headers(exchange)
-            if response is None:
-                exchange.status = _ERROR_STATUS.get(result, 502)
-                reasons = "; ".join(exchange.failures)
-                await _plain(send, exchange.status, f"no origin answered ({reasons})", extra)
-                return
-            if response.status != 101:
-                response.content._conn.keep_alive = False  # type: ignore[union-attr]
-                await self._stream(scope, send, origin, response, exchange, extra)
-                return
-            tunneled = self._join(scope, exchange, origin, response, accept, extra)
-        except ClientGone:
-            exchange.status = exchange.status or CLIENT_GONE
-        except asyncio.CancelledError:
-            if not exchange.gone:
-                raise
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            exchange.status = exchange.status or CLIENT_GONE
-        finally:
-            exchange.active = False
-            pool.budget.active -= 1
-            exchange.plan.finish()
-            duration = self.clock() - started
-            if self.metrics is not None:
-                self.metrics.request(pool.name, exchange.origin, exchange.status, duration)
-                self.metrics.websocket_handshakes.labels(pool.name, str(exchange.status)).inc()
-            if self.access_log and not tunneled:
-                _log_access(scope, exchange, duration)
-
-    def _join(
-        self,
-        scope: Scope,
-        exchange: Exchange,
-        origin: Origin,
-        response: UpstreamResponse,
-        accept: Callable[..., tuple[asyncio.Transport, bytes, set[Any]]],
-        extra: list[tuple[bytes, bytes]],
-    ) -> bool:
-        """Relay the origin's 101 and join the two connections; False if the origin's
-        connection was gone already (the client's is closed then)."""
-        pool = exchange.pool
-        headers = response_headers(
-            response.raw_headers,
-            101,
-            self.via_header,
-            None,
-            scope.get("scheme", "http"),
-            exchange.client_host,
-            exchange.mount,
-        )
-        exchange.status, exchange.origin = 101, origin.name
-        detached = response.detach()
-        if detached is None:
-            exchange.status = 502
-            exchange.failures.append(f"{origin.name}: closed the connection after its 101")
-            return False
-        upstream, origin_early = detached
-        parts = [
-            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n"
-        ]
-        if pool.origin_header:
-            headers.append((b"x-failover-origin", origin.name_header))
-        headers.extend(extra)
-        for name, value in headers:
-            parts += [name, b": ", value, b"\r\n"]
-        parts.append(b"\r\n")
-        config = self.settings.websocket
-        log = access_fields(scope.get("client"), exchange) if self.access_log else None
-        tunnel = Tunnel(
-            self.websockets, upstream, origin, config.idle_timeout, config.max_message_bytes, log
-        )
-        client, client_early, connections = accept(b"".join(parts), tunnel)
-        tunnel.start(client, client_early, origin_early, connections)
-        return True
 
     async def _serve_stale(self, scope: Scope, send: Send, exchange: Exchange) -> bool:
         """Answer with a stored copy if one may be served; say whether it did."""
@@ -352,7 +237,7 @@ class Proxy:
         ]
         if exchange.pool.origin_header:
             headers.append((b"x-failover-origin", entry.origin))
-        headers.extend(_extra_headers(exchange))
+        headers.extend(extra_headers(exchange))
         exchange.status, exchange.origin = 200, entry.origin.decode()
         exchange.bytes_out = len(entry.body)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -433,81 +318,6 @@ class Proxy:
             else:
                 response.close()
 
-    async def _all_down(self, scope: Scope, send: Send, pool: Pool) -> None:
-        if self.page is not None:
-            await self._page(scope, send, 503, pool, None)
-            return
-        states = ", ".join(f"{o.name}: {o.state}" for o in pool.origins)
-        await _plain(
-            send,
-            503,
-            f"no origin is usable ({states})",
-            [(b"retry-after", pool.retry_after.encode())],
-        )
-
-    async def _page(
-        self,
-        scope: Scope,
-        send: Send,
-        status: int,
-        pool: Pool,
-        extra: list[tuple[bytes, bytes]] | None,
-    ) -> None:
-        """The maintenance page (only ever on an error answer of the proxy's own)."""
-        assert self.page is not None
-        accept = None
-        for name, value in scope["headers"]:
-            if name == b"accept":
-                accept = value
-                break
-        board = self.board
-        since = board.since(pool.name) if board is not None else None
-        notice = board.notice_for(pool.name) if board is not None else ""
-        when = iso(time.time() if since is None else since)
-        await self.page.send(send, status, accept, pool.retry_after, when, notice, extra)
-
-
-def _extra_headers(exchange: Exchange) -> list[tuple[bytes, bytes]]:
-    extra: list[tuple[bytes, bytes]] = []
-    if exchange.pool.attempts_header and exchange.attempts:
-        extra.append((b"x-failover-attempts", ", ".join(exchange.attempts).encode()))
-    if exchange.plan.not_retried:
-        extra.append((b"x-failover-not-retried", exchange.plan.not_retried.encode()))
-    return extra
-
 
 def _stale_key(scope: Scope, exchange: Exchange) -> tuple[str, str, str]:
     return StaleCache.key(scope.get("scheme", "http"), exchange.client_host, exchange.target)
-
-
-def _log_access(scope: Scope, exchange: Exchange, duration: float) -> None:
-    """One JSON line per request (`log.access: true`)."""
-    client = scope.get("client")
-    fields = {
-        "time": round(time.time(), 3),
-        "client": client[0] if client else None,
-        "pool": exchange.pool.name,
-        "method": exchange.method,
-        "path": exchange.target,
-        "status": exchange.status,
-        "origin": exchange.origin,
-        "attempts": exchange.attempts,
-        "duration_ms": round(duration * 1000, 3),
-        "bytes_in": exchange.body.size if exchange.body is not None else 0,
-        "bytes_out": exchange.bytes_out,
-    }
-    _access.info(json.dumps(fields, separators=(",", ":")))
-
-
-async def _plain(
-    send: Send, status: int, text: str, extra: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    """A short plain-text answer of the proxy's own, e.g. `502 Bad Gateway: ...`."""
-    body = f"{status} {HTTPStatus(status).phrase}: {text}\n".encode()
-    headers = [
-        (b"content-type", b"text/plain; charset=utf-8"),
-        (b"content-length", str(len(body)).encode()),
-        *(extra or []),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -341,7 +341,7 @@ class _Lookup:
     ) -> tuple[str, set[str]]:
         """The zone that `host` lies in and its NS names (the nearest name upwards with NS)."""
         name = dns.name.from_text(host)
-        while len(name.labels) > 1:  # the root's own servers are everyone's
+        while len(name.labels) > 2:  # a top-level domain's servers are everyone's
             try:
                 answer = await resolver.resolve(name, "NS", raise_on_no_answer=False)
             except dns.resolver.NXDOMAIN:

@@ -144,9 +144,11 @@ async def test_dns_failure_and_an_unreachable_origin_are_findings(
 ) -> None:
     one = await make_origin("one")
     dns_server.set("www.one.test", a=["127.0.0.1"])
+    dns_server.fail("www.broken.test", "servfail")
     config = audit_config(
         origin_config("one", url(one, "www.one.test"), 0),
         origin_config("gone", "http://www.gone.test:8080", 1),
+        origin_config("broken", "http://www.broken.test:8080", 1),
         origin_config("closed", f"http://127.0.0.2:{free_port()}", 2),
         dns={"nameservers": [dns_server.nameserver], "timeout": 1},
     )
@@ -155,10 +157,11 @@ async def test_dns_failure_and_an_unreachable_origin_are_findings(
     lines = out.splitlines()
     assert lines[0].split() == ["SEVERITY", "KIND", "POOL", "ORIGINS", "DETAIL"]
     failed = [line for line in lines if " dns-failed " in line]
-    assert len(failed) == 1 and "gone" in failed[0]
+    assert len(failed) == 2
     assert "www.gone.test: the name does not exist (NXDOMAIN)" in failed[0]
+    assert "www.broken.test: the name servers failed (SERVFAIL or refused)" in failed[1]
     unreachable = [line.split()[3] for line in lines if " unreachable " in line]
-    assert sorted(unreachable) == ["closed", "gone"]
+    assert sorted(unreachable) == ["broken", "closed", "gone"]
     assert any("refused" in line for line in lines if " closed " in line)
 
 

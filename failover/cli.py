@@ -1,5 +1,6 @@
-"""The `failover` command: run, check, demo, and the operator's commands against a running
-proxy (status, events, drain, enable, disable, reload, drill; see failover/control.py).
+"""The `failover` command: run, check, demo, audit (failover/audit.py), and the operator's
+commands against a running proxy (status, events, drain, enable, disable, reload, drill; see
+failover/control.py).
 
 Fatal errors end here, at the boundary: library code raises, this module prints one line
 per problem and exits with status 2.
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import audit
 from .config import ConfigError, Settings, default_config_path, load_config
 from .control import COMMANDS, add_commands, run_command
 from .logs import setup_logging
@@ -60,8 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     demo.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     add_commands(commands)
+    audit.add_command(commands)
 
     args = parser.parse_args(argv)
+    if args.command == "audit":
+        return audit.main(args)
     if args.command in COMMANDS:
         return run_command(args)
     if args.command == "check":

@@ -985,6 +985,14 @@ class LeastLatencyConfig(_Block):
     min_share: Annotated[float, BeforeValidator(_share), Field(le=0.5)] = 0.05
 
 
+class AuditConfig(_Block):
+    """`failover audit`: the paths fetched from every origin of a pool and compared (status,
+    content type, length, SHA-256), and how long one fetch may take."""
+
+    canaries: list[ProbePath] = []
+    timeout: Duration = 10.0
+
+
 class PoolProxyConfig(_Block):
     """The keys of the `proxy` block that a pool may set for itself."""
 
@@ -1005,6 +1013,7 @@ POOL_BLOCKS = (
     "drills",
     "least_latency",
     "tls",
+    "audit",
 )
 
 
@@ -1025,6 +1034,7 @@ class PoolConfig(_Block):
     all_down: AllDown = "try-all"
     balance: Balance = "weighted"
     least_latency: LeastLatencyConfig = LeastLatencyConfig()
+    audit: AuditConfig = AuditConfig()
 
     @model_validator(mode="after")
     def _stale(self) -> PoolConfig:
@@ -1106,6 +1116,7 @@ class Settings(BaseSettings):
     websocket: WebSocketConfig = WebSocketConfig()
     balance: Balance = "weighted"
     least_latency: LeastLatencyConfig = LeastLatencyConfig()
+    audit: AuditConfig = AuditConfig()
     shutdown_timeout: Duration = 30.0
 
     @classmethod
@@ -1196,6 +1207,7 @@ class Settings(BaseSettings):
                 all_down=self.all_down,
                 balance=self.balance,
                 least_latency=self.least_latency,
+                audit=self.audit,
             )
             object.__setattr__(self, "pools", {DEFAULT_POOL: default})
             object.__setattr__(self, "routes", [RouteConfig(pool=DEFAULT_POOL)])

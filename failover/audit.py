@@ -55,7 +55,7 @@ from .config import (
 )
 from .origins import Origin, build_origins
 from .resolver import Resolver
-from .tls import EXPIRY_WARNING, TLSFileError, _file_info
+from .tls import EXPIRY_WARNING, TLSFileError, certificate_file_info
 from .upstream import Upstream, map_error
 
 __all__ = ["Finding", "add_command", "audit", "main"]
@@ -189,7 +189,7 @@ def _certificate_files(settings: Settings, now: float) -> list[Finding]:
     findings = []
     for owner, origins, what, path in dict.fromkeys(files):
         try:
-            info = _file_info(path)
+            info = certificate_file_info(path)
         except (OSError, TLSFileError) as exc:
             findings.append(
                 Finding("cert-expiry", owner, origins, f"{what} {path!r}: {exc}", "critical")

@@ -39,6 +39,7 @@ __all__ = [
     "RedirectServer",
     "TLSFileError",
     "TLSSettings",
+    "certificate_file_info",
     "certificate_info",
     "check_ca",
     "check_pair",
@@ -143,7 +144,7 @@ def certificate_info(der: bytes) -> CertificateInfo:
     return CertificateInfo(not_after, tuple(names))
 
 
-def _file_info(cert_file: str) -> CertificateInfo:
+def certificate_file_info(cert_file: str) -> CertificateInfo:
     """The first certificate of a PEM file."""
     text = Path(cert_file).read_text("ascii", errors="replace")
     begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
@@ -194,7 +195,7 @@ def load_ca(context: ssl.SSLContext, ca_file: str) -> None:
 def check_pair(cert_file: str, key_file: str) -> None:
     """Raise TLSFileError unless the certificate and key load and match (for config checks)."""
     load_chain(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cert_file, key_file)
-    _file_info(cert_file)
+    certificate_file_info(cert_file)
 
 
 def check_ca(ca_file: str) -> None:
@@ -206,7 +207,7 @@ def expiry_warnings(files: Iterable[tuple[str, str]], now: float) -> list[str]:
     lines = []
     for where, path in files:
         try:
-            info = _file_info(path)
+            info = certificate_file_info(path)
         except (OSError, TLSFileError):
             continue  # the config check reports unreadable files
         left = info.not_after - now
@@ -281,7 +282,7 @@ class ListenerCerts:
         infos: list[CertificateInfo] = []
         for cert_file, key_file in self.certificates:
             context = load_server_context(cert_file, key_file, self.min_version, self.alpn)
-            info = _file_info(cert_file)
+            info = certificate_file_info(cert_file)
             contexts.append(context)
             infos.append(info)
             for name in info.names:

@@ -12,6 +12,8 @@ import pytest
 from aiohttp import web
 
 from failover.config import ConfigError, build_settings
+from failover.events import Event
+from failover.notify import pagerduty_message
 from failover.origins import Flag
 from failover.parity import Answer, Verdict, answer_of, compare, summarize
 
@@ -388,3 +390,16 @@ async def test_a_reload_without_parity_clears_the_flag(site: Setup) -> None:
     assert Flag.DIVERGED not in flags(proxy, "cdn-a")
     assert proxy.app.parity == {}
     await wait_for(lambda: proxy.app.runtime.origins["cdn-a"].usable, timeout=5)
+
+
+def test_pagerduty_pages_on_diverged_and_resolves_on_converged() -> None:
+    down = Event(1.0, "diverged", "cdn-a", "healthy", "diverged", "/app.js: status 404", "www")
+    message = pagerduty_message(down, "key", "proxy-1")
+    assert message is not None and message["event_action"] == "trigger"
+    assert message["dedup_key"] == "failover/www/cdn-a"
+    up = Event(2.0, "converged", "cdn-a", "diverged", "healthy", "canaries match", "www")
+    assert pagerduty_message(up, "key", "proxy-1") == {
+        "routing_key": "key",
+        "event_action": "resolve",
+        "dedup_key": "failover/www/cdn-a",
+    }

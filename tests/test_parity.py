@@ -274,32 +274,34 @@ async def test_an_origin_serving_other_bytes_is_diverged_and_returns_when_fixed(
             await asyncio.sleep(0.01)
 
     task = asyncio.create_task(traffic())
-    bad = JS.replace(b"42", b"43")
-    cdn_a.files["/app.js"] = (bad, "application/javascript")
-    await wait_for(lambda: Flag.DIVERGED in flags(proxy, "cdn-a"), timeout=5)
-    assert await served_by(proxy.client) == "cdn-b"
+    try:
+        bad = JS.replace(b"42", b"43")
+        cdn_a.files["/app.js"] = (bad, "application/javascript")
+        await wait_for(lambda: Flag.DIVERGED in flags(proxy, "cdn-a"), timeout=5)
+        assert await served_by(proxy.client) == "cdn-b"
 
-    status = await get_status(proxy)
-    record = origin_in(status, "cdn-a")
-    assert record is not None
-    assert "diverged" in record["flags"] and record["usable"] is False
-    mine, theirs = hashlib.sha256(bad).hexdigest()[:8], hashlib.sha256(JS).hexdigest()[:8]
-    assert record["reason"] == f"/app.js: sha256 {mine}.. != reference {theirs}.."
-    assert record["parity"] == record["reason"]
-    text = await get_metrics(proxy.client)
-    assert metric(text, "failover_origin_diverged", pool="default", origin="cdn-a") == 1.0
-    assert metric(text, "failover_origin_diverged", pool="default", origin="cdn-b") == 0.0
-    events = (await proxy.client.get(f"{PREFIX}/events")).json()["events"]
-    diverged = [e for e in events if e["kind"] == "diverged"]
-    assert diverged and diverged[0]["origin"] == "cdn-a"
+        status = await get_status(proxy)
+        record = origin_in(status, "cdn-a")
+        assert record is not None
+        assert "diverged" in record["flags"] and record["usable"] is False
+        mine, theirs = hashlib.sha256(bad).hexdigest()[:8], hashlib.sha256(JS).hexdigest()[:8]
+        assert record["reason"] == f"/app.js: sha256 {mine}.. != reference {theirs}.."
+        assert record["parity"] == record["reason"]
+        text = await get_metrics(proxy.client)
+        assert metric(text, "failover_origin_diverged", pool="default", origin="cdn-a") == 1.0
+        assert metric(text, "failover_origin_diverged", pool="default", origin="cdn-b") == 0.0
+        events = (await proxy.client.get(f"{PREFIX}/events")).json()["events"]
+        diverged = [e for e in events if e["kind"] == "diverged"]
+        assert diverged and diverged[0]["origin"] == "cdn-a"
 
-    # The CDN is fixed: the flag clears and traffic returns (no hold-down in the test config).
-    cdn_a.files["/app.js"] = (JS, "application/javascript")
-    await wait_for(lambda: Flag.DIVERGED not in flags(proxy, "cdn-a"), timeout=5)
-    await wait_for(lambda: proxy.app.runtime.origins["cdn-a"].usable, timeout=5)
-    assert await served_by(proxy.client) == "cdn-a"
-    stop.set()
-    await task
+        # The CDN is fixed: the flag clears and traffic returns (no hold-down in the test config).
+        cdn_a.files["/app.js"] = (JS, "application/javascript")
+        await wait_for(lambda: Flag.DIVERGED not in flags(proxy, "cdn-a"), timeout=5)
+        await wait_for(lambda: proxy.app.runtime.origins["cdn-a"].usable, timeout=5)
+        assert await served_by(proxy.client) == "cdn-a"
+    finally:
+        stop.set()
+        await task
     assert statuses and set(statuses) == {200}
     events = (await proxy.client.get(f"{PREFIX}/events")).json()["events"]
     assert any(e["kind"] == "converged" and e["origin"] == "cdn-a" for e in events)
@@ -309,7 +311,7 @@ async def test_an_origin_serving_other_bytes_is_diverged_and_returns_when_fixed(
     assert cdn_a.hosts[-1] == f"127.0.0.1:{cdn_a.port}"
 
 
-async def test_status_and_content_type_differences_are_named(site: Setup) -> None:
+async def test_content_type_and_length_differences_are_named(site: Setup) -> None:
     proxy, _, cdn_b, _ = site
     cdn_b.files["/app.js"] = (JS, "text/html")
     await wait_for(lambda: Flag.DIVERGED in flags(proxy, "cdn-b"), timeout=5)
@@ -318,6 +320,17 @@ async def test_status_and_content_type_differences_are_named(site: Setup) -> Non
     del cdn_b.files["/app.js"]  # now answers its name, another body
     await wait_for(lambda: "length" in proxy.app.runtime.origins["cdn-b"].parity, timeout=5)
     assert Flag.DIVERGED not in flags(proxy, "cdn-a")
+
+
+async def test_when_every_cdn_diverges_the_reference_takes_the_traffic(site: Setup) -> None:
+    proxy, cdn_a, cdn_b, _ = site
+    for cdn in (cdn_a, cdn_b):
+        cdn.files["/app.js"] = (b"broken build", "application/javascript")
+    await wait_for(
+        lambda: all(Flag.DIVERGED in flags(proxy, n) for n in ("cdn-a", "cdn-b")), timeout=5
+    )
+    assert await served_by(proxy.client) == "origin"
+    assert flags(proxy, "origin") == set()
 
 
 async def test_a_reference_that_does_not_answer_changes_nothing(

@@ -483,6 +483,7 @@ def origin_status(engine: Engine, origin: Origin, now: float) -> dict[str, Any]:
         "usable": origin.usable,
         "flags": sorted(flag.value for flag in origin.flags),
         "reason": origin.reason,
+        "parity": origin.parity or None,
         "since_seconds": round(now - origin.changed_at, 3) if origin.changed_at else None,
         "dns": dns.entry.status(now) if dns is not None else None,
         "check": {

@@ -39,6 +39,8 @@ from .notify import Webhooks
 from .origins import Flag, Origin
 from .overrides import OverrideStore
 from .pages import MaintenancePage, load_page
+from .parity import Parity
+from .parity import clear as clear_parity
 from .proxy import Proxy
 from .public import StatusBoard, build_public
 from .reload import Reloader
@@ -139,6 +141,7 @@ class App:
         self.last_reload: dict[str, Any] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.probes: dict[str, asyncio.Task[None]] = {}
+        self.parity: dict[str, asyncio.Task[None]] = {}  # pool name -> its parity loop
 
     @property
     def settings(self) -> Settings:
@@ -207,6 +210,7 @@ class App:
         for origin in self.origins:
             self.upstream.add(origin)
         self._start_probes()
+        self._start_parity()
         self.spawn(self._housekeeping(), "housekeeping")
         self.spawn(self.drills.run(), "drills")
         if self.webhooks is not None:
@@ -271,6 +275,19 @@ class App:
             for origin in self.origins
             if origin.health.enabled
         }
+
+    def _start_parity(self) -> None:
+        """One parity loop per pool with `parity:` (after a reload: new loops on the new
+        pools; the `diverged` flags stay with the origins until the next round says else)."""
+        for task in self.parity.values():
+            task.cancel()
+        self.parity = {}
+        for name, pool in self.runtime.pools.items():
+            if pool.config.parity is None:
+                clear_parity(pool.engine, "parity checks are no longer configured")
+                continue
+            checker = Parity(name, pool.engine, pool.config.parity)
+            self.parity[name] = self.spawn(checker.run(), f"parity {name}")
 
     async def _probe(self, origin: Origin) -> None:
         engine, fleet = self.runtime.pool_of(origin).engine, self.fleet
@@ -352,6 +369,7 @@ class App:
             grace = max(p.timeouts.first_byte + p.timeouts.idle for p in settings.pools.values())
             self.spawn(self._close_later(retired, grace), "close retired pools")
         self._start_probes()
+        self._start_parity()
         pools, origins = _count(len(runtime.pools), "pool"), _count(len(runtime.origins), "origin")
         summary = f"{trigger}: {pools}, {origins}"
         for what, new, old_names in (
@@ -502,6 +520,9 @@ class App:
             self.metrics.origins(
                 (pool.name, o.name, o.usable, o.name in active) for o in pool.origins
             )
+            if pool.config.parity is not None:
+                for o in pool.origins:
+                    self.metrics.parity(pool.name, o.name, Flag.DIVERGED in o.flags)
             priorities = sorted({o.priority for o in pool.origins})
             index = priorities.index(tier[0].priority) if tier else -1
             self.metrics.pool(pool.name, index, len(priorities))

@@ -70,6 +70,7 @@ __all__ = [
     "OriginConfig",
     "OriginTLSConfig",
     "PagesConfig",
+    "ParityConfig",
     "PassiveConfig",
     "PublicConfig",
     "RetryConfig",
@@ -711,6 +712,8 @@ EVENT_KINDS: tuple[str, ...] = (
     "drill-skipped",
     "ramp-start",
     "ramp-end",
+    "diverged",
+    "converged",
 )
 WebhookFormat = Literal["json", "slack", "pagerduty"]
 PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
@@ -974,6 +977,30 @@ class DrillsConfig(_Block):
     max_untested: Duration = 30 * 86400.0
 
 
+def _check_canary(value: str) -> str:
+    if not value.startswith("/") or any(c.isspace() for c in value):
+        raise ValueError(f"{quote(value)} is not a path (expected one starting with '/')")
+    return value
+
+
+class ParityConfig(_Block):
+    """Continuous parity (see failover.parity): each canary path is fetched from every origin
+    and from `reference` every `interval`; an origin that answers otherwise is `diverged`."""
+
+    canaries: list[Annotated[str, AfterValidator(_check_canary)]]
+    reference: str
+    interval: Duration = 30.0
+    timeout: Duration = 5.0  # per fetch
+    max_body: int = Field(8 * 1024 * 1024, ge=1, le=1 << 30)  # larger: "too large to compare"
+
+    @field_validator("canaries")
+    @classmethod
+    def _some(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one canary path is required")
+        return value
+
+
 Balance = Literal["weighted", "least-latency", "least-request"]
 
 
@@ -1035,11 +1062,13 @@ class PoolConfig(_Block):
     balance: Balance = "weighted"
     least_latency: LeastLatencyConfig = LeastLatencyConfig()
     audit: AuditConfig = AuditConfig()
+    parity: ParityConfig | None = None
 
     @model_validator(mode="after")
     def _stale(self) -> PoolConfig:
         if self.all_down == "stale" and not self.stale.enabled:
             raise ValueError("all_down: 'stale' needs stale.enabled: true")
+        _check_reference(self.parity, self.origins)
         return self
 
     @field_validator("origins")
@@ -1062,6 +1091,19 @@ class PoolConfig(_Block):
             return self.tls
         own = origin.tls.model_dump(exclude_unset=True)
         return self.tls.model_copy(update=own) if own else self.tls
+
+
+def _check_reference(parity: ParityConfig | None, origins: list[OriginConfig]) -> None:
+    if parity is None:
+        return
+    names = [o.name for o in origins]
+    if parity.reference not in names:
+        raise ValueError(
+            f"parity.reference: {quote(parity.reference)} is not an origin of the pool "
+            f"(expected one of {', '.join(names)})"
+        )
+    if len(names) < 2:
+        raise ValueError("parity: needs an origin besides the reference to compare with it")
 
 
 class RouteConfig(_Block):
@@ -1117,6 +1159,7 @@ class Settings(BaseSettings):
     balance: Balance = "weighted"
     least_latency: LeastLatencyConfig = LeastLatencyConfig()
     audit: AuditConfig = AuditConfig()
+    parity: ParityConfig | None = None  # the single-pool form's; with pools, set per pool
     shutdown_timeout: Duration = 30.0
 
     @classmethod
@@ -1183,9 +1226,12 @@ class Settings(BaseSettings):
             raise ValueError("origins: give origins (one pool) or pools (several), not both")
         if not single and not self.pools:
             raise ValueError("origins: is required (or pools, for several sites)")
+        if self.parity is not None and not single:
+            raise ValueError("parity: set it in each pool (pools.NAME.parity), not at the top")
         if single:
             if not self.origins:
                 raise ValueError("origins: at least one origin is required")
+            _check_reference(self.parity, self.origins)
             if self.routes:
                 raise ValueError("routes: need pools (with origins alone, all goes to them)")
             # The single-pool form: one pool named "default" and a catch-all route.
@@ -1208,6 +1254,7 @@ class Settings(BaseSettings):
                 balance=self.balance,
                 least_latency=self.least_latency,
                 audit=self.audit,
+                parity=self.parity,
             )
             object.__setattr__(self, "pools", {DEFAULT_POOL: default})
             object.__setattr__(self, "routes", [RouteConfig(pool=DEFAULT_POOL)])

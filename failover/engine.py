@@ -86,6 +86,7 @@ class Engine:
                 continue
             origin.flags = old.flags - {Flag.DRILL}  # the drill ends with its pool
             origin.reason, origin.changed_at = old.reason, old.changed_at
+            origin.parity = old.parity
             check = previous.checks[origin.name]
             check.healthy_threshold = origin.health.healthy_threshold
             check.unhealthy_threshold = origin.health.unhealthy_threshold

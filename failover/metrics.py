@@ -179,6 +179,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.diverged = Gauge(
+            "failover_origin_diverged",
+            "1 if the origin's canary answers differ from the pool's parity reference.",
+            ["pool", "origin"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.untested = Gauge(
             "failover_origin_untested",
             "1 if the origin neither served traffic nor passed a drill within drills.max_untested.",
@@ -257,6 +264,10 @@ class Metrics:
         for pool, name, usable, active in states:
             self.up.labels(pool, name).set(1 if usable else 0)
             self.active.labels(pool, name).set(1 if active else 0)
+
+    def parity(self, pool: str, origin: str, diverged: bool) -> None:
+        """Set `failover_origin_diverged` (pools with parity checks only)."""
+        self.diverged.labels(pool, origin).set(1 if diverged else 0)
 
     def pool(self, name: str, tier: int, tiers: int) -> None:
         """Set the pool gauges: the index of the tier taking traffic, and how many it has."""

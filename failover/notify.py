@@ -74,8 +74,8 @@ def slack_message(event: Event) -> dict[str, Any]:
     }
 
 
-_DOWN_KINDS = ("origin-down", "ejected")
-_UP_KINDS = ("origin-up", "restored")
+_DOWN_KINDS = ("origin-down", "ejected", "diverged")
+_UP_KINDS = ("origin-up", "restored", "converged")
 
 
 def pagerduty_message(event: Event, routing_key: str, source: str) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ class Flag(enum.Enum):
     DRAINED = "drained"
     DISABLED = "disabled"
     DRILL = "drill"  # drained by a failover drill (failover.drills), restored when it ends
+    DIVERGED = "diverged"  # its canaries differ from the parity reference's (failover.parity)
 
 
 OPERATOR_FLAGS = frozenset({Flag.DRAINED, Flag.DISABLED})
@@ -50,6 +51,7 @@ class Origin:
     reason: str = "started"
     changed_at: float = 0.0
     pool: Any = None  # the keep-alive connection pool, set by upstream.py
+    parity: str = ""  # the last parity finding (failover.parity), "" if none
 
     @property
     def usable(self) -> bool:

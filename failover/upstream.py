@@ -216,6 +216,7 @@ class Upstream:
         body: AsyncIterable[bytes] | None,
         first_byte: float,
         deadline: asyncio.Timeout | None = None,
+        upgrade: bool = False,
     ) -> UpstreamResponse:
         """Send the request; return once the response headers are in.
 
@@ -223,11 +224,14 @@ class Upstream:
         wait for a free pooled connection comes first and is not timed as the origin's: the
         first-byte clock starts once a connection is in hand, unless the caller passes its
         own `deadline` (created unarmed, armed by the caller once a request body has gone
-        upstream). The caller must close the response.
+        upstream). With `upgrade`, a 101 may end the exchange (a WebSocket handshake). The
+        caller must close the response.
         """
         pool: h1.Pool = origin.pool
         try:
             conn = pool.idle_connection() or await pool.acquire()
+            if upgrade:
+                conn.upgrade = True
             async with deadline or asyncio.timeout(first_byte):
                 return await pool.send(conn, method, pool.prefix + target, headers, body)
         except (OSError, TimeoutError, h1.PoolFull) as exc:

@@ -29,21 +29,21 @@ reloads): the open gauge per origin, the drain timers, the close on shutdown.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
-from . import h1
 from .attempts import Attempts, Exchange
 from .config import RetryConfig
 from .metrics import Metrics
 from .origins import Origin
 from .retry import RetryPolicy
-from .upstream import Upstream, UpstreamResponse, map_error
+from .upstream import Upstream
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -476,27 +476,7 @@ class UpgradeAttempts(Attempts):
         metrics: Metrics | None = None,
     ) -> None:
         super().__init__(upstream, clock, metrics)
-        self.open = self._open_upgrade
-
-    async def _open_upgrade(
-        self,
-        origin: Origin,
-        method: str,
-        target: str,
-        headers: Iterable[tuple[str, str]],
-        body: AsyncIterable[bytes] | None,
-        first_byte: float,
-        deadline: asyncio.Timeout | None = None,
-    ) -> UpstreamResponse:
-        """`Upstream.open` for a handshake: the connection is told that a 101 may end it."""
-        pool: h1.Pool = origin.pool
-        try:
-            conn = pool.idle_connection() or await pool.acquire()
-            conn.upgrade = True
-            async with deadline or asyncio.timeout(first_byte):
-                return await pool.send(conn, method, pool.prefix + target, headers, body)
-        except (OSError, TimeoutError, h1.PoolFull) as exc:
-            raise map_error(exc, first_byte) from exc
+        self.open = functools.partial(upstream.open, upgrade=True)
 
 
 def access_fields(

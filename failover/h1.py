@@ -256,9 +256,15 @@ class Connection(asyncio.Protocol):
     # -- the exchange ---------------------------------------------------------------------
 
     async def exchange(
-        self, head: bytes, body: AsyncIterable[bytes] | None, chunked: bool, is_head: bool
+        self,
+        head: bytes,
+        body: AsyncIterable[bytes] | None,
+        chunked: bool,
+        is_head: bool,
+        expires_at: float | None = None,
     ) -> Response:
-        """Send the request; return once the final response headers are in."""
+        """Send the request; return once the final response headers are in (TimeoutError if
+        they are not in by the loop time `expires_at`)."""
         if self.closed or self.eof or self.transport is None or self.transport.is_closing():
             raise _Closed()
         if self.parser_spent:
@@ -281,7 +287,13 @@ class Connection(asyncio.Protocol):
         self.transport.write(head)
         if body is not None:
             self.sender = self.loop.create_task(self._send_body(body, chunked))
-        return await waiter
+        if expires_at is None:
+            return await waiter
+        timer = self.loop.call_at(expires_at, _expire, waiter)  # one handle, not a Timeout
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
 
     async def _send_body(self, body: AsyncIterable[bytes], chunked: bool) -> None:
         transport = self.transport
@@ -694,19 +706,21 @@ class Pool:
         target: str,
         headers: Iterable[tuple[str, str]],
         body: AsyncIterable[bytes] | None = None,
+        expires_at: float | None = None,
     ) -> Response:
-        """Send a request on `conn` (from `acquire`); return once the response headers are in.
+        """Send a request on `conn` (from `acquire`); return once the response headers are in,
+        or raise TimeoutError at the loop time `expires_at` if one is given.
 
         A connection found closed before a byte was written is replaced by a new one, whatever
         the method; one that breaks before any response byte is replaced once for an idempotent
         request whose body can be sent again (the origin closed it while the request was on its
         way, and cannot have acted on it)."""
         head, chunked = _request_head(method, target, headers, body is not None)
-        loop = asyncio.get_running_loop()
+        loop = conn.loop
         retried = False
         while True:
             try:
-                return await conn.exchange(head, body, chunked, method == "HEAD")
+                return await conn.exchange(head, body, chunked, method == "HEAD", expires_at)
             except BaseException as exc:
                 conn.active = False
                 conn.headers_waiter = None
@@ -733,7 +747,11 @@ class Pool:
             # The origin had closed the idle connection: the same slot, a new connection.
             upgrade = conn.upgrade
             try:
-                conn = await self._connect(loop)
+                if expires_at is None:
+                    conn = await self._connect(loop)
+                else:
+                    async with asyncio.timeout_at(expires_at):
+                        conn = await self._connect(loop)
             except BaseException:
                 self._free_slot()
                 raise
@@ -895,7 +913,7 @@ class Pool:
             if not waiter.done():
                 waiter.set_result(conn)
                 return
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = conn.loop.time()
         conn.in_idle_list = True
         self._idle.append(conn)
         if self._sweeper is None:

@@ -183,6 +183,9 @@ class _Refused(Exception):
     """Raised in a parser callback to stop parsing a head the listener refuses."""
 
 
+_JOIN_LIMIT = 64 * 1024  # a head and a body up to this size are joined; larger, written as two
+
+
 class _Cycle(RequestResponseCycle):
     """uvicorn's request/response cycle with `send` copied and changed in two ways:
 
@@ -192,7 +195,20 @@ class _Cycle(RequestResponseCycle):
       proxy's own CPU per request). What the proxy sends is what llhttp accepted from an
       origin (tokens for names; no control characters in values) or its own headers, so one
       check of the whole head remains: no CR or LF but those that end its lines (no header
-      can be split into two, nor a response into two)."""
+      can be split into two, nor a response into two).
+
+    And one more: the head is written together with the first body bytes, in one send() to
+    the socket instead of two, when the body follows within the same turn of the event loop
+    (a small response already read from the origin); otherwise the loop's next turn writes it
+    on its own, so a streamed response's head is never held back."""
+
+    loop: asyncio.AbstractEventLoop
+    _head: bytes | None = None  # a head not written yet
+
+    def _flush_head(self) -> None:
+        head, self._head = self._head, None
+        if head is not None and not self.transport.is_closing():
+            self.transport.write(head)
 
     async def send(self, message: ASGISendEvent) -> None:
         if self.flow.write_paused and not self.disconnected:
@@ -259,7 +275,8 @@ class _Cycle(RequestResponseCycle):
             head = b"".join(content)
             if head.count(b"\n") != lines or head.count(b"\r") != lines:
                 raise RuntimeError("Invalid HTTP header: a CR or LF inside a name or value.")
-            self.transport.write(head)
+            self._head = head
+            self.loop.call_soon(self._flush_head)
 
         elif not self.response_complete:
             if message["type"] != "http.response.body":
@@ -271,16 +288,25 @@ class _Cycle(RequestResponseCycle):
 
             if self.scope["method"] == "HEAD":
                 self.expected_content_length = 0
+                body = b""
             elif self.chunked_encoding:
                 chunk = [b"%x\r\n" % len(body), body, b"\r\n"] if body else []
                 if not more_body:
                     chunk.append(b"0\r\n\r\n")
-                self.transport.write(b"".join(chunk))
+                body = b"".join(chunk)
             else:
                 num_bytes = len(body)
                 if num_bytes > self.expected_content_length:
                     raise RuntimeError("Response content longer than Content-Length")
                 self.expected_content_length -= num_bytes
+            pending = self._head
+            if pending is not None:
+                self._head = None
+                if len(body) <= _JOIN_LIMIT:
+                    self.transport.write(pending + body)
+                else:
+                    self.transport.writelines((pending, body))
+            elif body:
                 self.transport.write(body)
 
             if not more_body:
@@ -629,6 +655,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             keep_alive=http_version != "1.0" and self.parser.should_keep_alive() and not upgrading,
             on_response=self.on_response_complete,
         )
+        self.cycle.loop = self.loop
         if existing_cycle is None or existing_cycle.response_complete:
             self._start_asgi_task(self.cycle, self.app)
         else:  # pipelined: queued until the response before it is complete

@@ -232,7 +232,12 @@ class Upstream:
             conn = pool.idle_connection() or await pool.acquire()
             if upgrade:
                 conn.upgrade = True
-            async with deadline or asyncio.timeout(first_byte):
+            if deadline is None:
+                expires_at = conn.loop.time() + first_byte
+                return await pool.send(
+                    conn, method, pool.prefix + target, headers, body, expires_at
+                )
+            async with deadline:
                 return await pool.send(conn, method, pool.prefix + target, headers, body)
         except (OSError, TimeoutError, h1.PoolFull) as exc:
             raise map_error(exc, first_byte) from exc

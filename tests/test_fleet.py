@@ -270,8 +270,17 @@ async def replicas(tmp_path: Path) -> AsyncIterator[Start]:
             replica = launch(f"replica{len(started)}", path, tmp_path)
             started.append(replica)
             group.append(replica)
-        for replica in group:
-            await wait_until_serving(replica)
+        for index, replica in enumerate(group):
+            for _ in range(3):
+                try:
+                    await wait_until_serving(replica)
+                    break
+                except PortTaken:  # another program bound the free port first: a new one
+                    replica = launch(replica.name, path, tmp_path)
+                    started.append(replica)
+                    group[index] = replica
+            else:
+                raise AssertionError(f"{replica.name} found no free port in 3 tries")
         return group
 
     try:
@@ -285,17 +294,24 @@ async def replicas(tmp_path: Path) -> AsyncIterator[Start]:
             await asyncio.to_thread(stop_process, replica.process)
 
 
+class PortTaken(AssertionError):
+    """A replica could not bind its port: something took it after `free_port` chose it."""
+
+
 async def wait_until_serving(replica: Replica, timeout: float = 20.0) -> None:
+    """Until the replica answers its own health check (PortTaken if it could not bind)."""
+
     async def healthy() -> bool:
         if replica.process.poll() is not None:
-            raise AssertionError(
-                f"{replica.name} exited with {replica.process.returncode}:\n{replica.output()}"
-            )
+            output = replica.output()
+            error = PortTaken if "address already in use" in output else AssertionError
+            raise error(f"{replica.name} exited with {replica.process.returncode}:\n{output}")
         try:
             response = await replica.client.get(f"{ADMIN}/healthz")
         except httpx.TransportError:
             return False
-        return response.status_code == 200
+        # Another server on the port answers otherwise; the replica then fails to bind.
+        return response.status_code == 200 and response.text == "ok\n"
 
     await wait_for(healthy, timeout, every=0.05)
 

@@ -116,3 +116,26 @@ async def test_an_origins_trailers_are_dropped_and_the_body_arrives_whole(
             assert response.status == 200
             assert response.body == b"hello world"
             assert response.get("trailer") is None
+
+
+async def test_the_head_of_a_response_whose_body_is_late_is_not_held_back(
+    raw_origin: Callable[[Script], Awaitable[RawOrigin]], make_proxy: MakeProxy
+) -> None:
+    # The listener writes a small response's head and body in one send(), but only when the
+    # body is at hand: a client of a quiet stream gets the head before the first event.
+    written: list[float] = []
+    origin = await raw_origin(events((1.0,), written))
+    proxy = await make_proxy(
+        proxy_config(
+            origin_config("primary", origin.url, 0),
+            health={"enabled": False},
+            timeouts={"first_byte": 0.3, "idle": 2.0},
+        )
+    )
+    async with connect(proxy.port) as (reader, writer):
+        writer.write(request_head("GET", "/events", [("Host", "site")]))
+        status, _ = await read_head(reader)
+        assert status == 200
+        assert written == [], "the head came only with the first event"
+        assert await read_event(reader) == b"data: event 0\n\n"
+        assert await reader.readuntil(b"\r\n\r\n") == b"0\r\n\r\n"

@@ -6,6 +6,7 @@ Usage, from the repository root with the project's virtualenv:
     python tests/bench/instructions.py --tree after=. --requests 4000 --object /1m.bin
     python tests/bench/instructions.py --variant a="balance: weighted" \
         --variant b="balance: least-latency"
+    python tests/bench/instructions.py --tree before=../base --tree after=. --origin-tls
 
 Timed figures (req/s, CPU seconds per request) swing with whatever else the machine runs; the
 number of instructions a process executes to serve a request does not. Each tree's proxy runs
@@ -15,6 +16,10 @@ fixed number of keep-alive GETs over a few connections, and the counters are dum
 result is the proxy's instructions (user space: Python, uvloop, httptools, libc) divided by
 the requests. Kernel work (the syscalls themselves) is not counted; compare.py's CPU per
 request covers it.
+
+With `--origin-tls` the origin is reached over HTTPS (nginx with a certificate from a test CA
+made by trustme, as in tls.py; the proxy verifies it by `tls.server_name`), so the count
+includes the proxy's TLS work on its pooled connections.
 
 Needs /usr/sbin/nginx (the origin) and valgrind; never run by CI, not collected by pytest.
 Under callgrind the proxy runs ~50x slower, so a few thousand requests take a minute.
@@ -45,8 +50,13 @@ from tests.bench.throughput import (  # a sibling script
     Processes,
     fetch,
     free_port,
+    start_nginx,
     start_origin,
 )
+from tests.bench.tls import Certificates  # a sibling script
+from tests.bench.tls import failover_config as tls_failover_config
+from tests.bench.tls import origin_config as tls_origin_config
+from tests.bench.tls import wait_ready as tls_wait_ready
 
 VALGRIND = shutil.which("valgrind") or "/usr/bin/valgrind"
 CONTROL = shutil.which("callgrind_control") or "/usr/bin/callgrind_control"
@@ -92,11 +102,15 @@ def count(
     connections: int,
     keep: Path | None = None,
     overlay: str = "",
+    origin_tls: Certificates | None = None,
 ) -> float:
     """Instructions per request of the proxy from `tree` serving `path`."""
     port = free_port()
     config = workdir / f"{name}.yaml"
-    config.write_text(failover_config(port, origin_port, overlay))
+    if origin_tls is None:
+        config.write_text(failover_config(port, origin_port, overlay))
+    else:
+        config.write_text(tls_failover_config(port, origin_port, origin_tls, False, True) + overlay)
     out = workdir / f"{name}.callgrind"
     python = tree / ".venv" / "bin" / "python"
     env = {**os.environ, "PYTHONPATH": str(tree)}
@@ -175,6 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=1, help="runs per tree (alternating)")
     parser.add_argument(
+        "--origin-tls", action="store_true", help="reach the origin over HTTPS (as tls.py does)"
+    )
+    parser.add_argument(
         "--keep", type=Path, help="copy each counted dump here (for callgrind_annotate)"
     )
     args = parser.parse_args(argv)
@@ -197,10 +214,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             (www / obj_path.lstrip("/")).write_bytes(os.urandom(size))
         for item in www.iterdir():
             item.chmod(0o644)
-        _, origin_port = start_origin(procs, workdir, www)
+        certs: Certificates | None = None
+        if args.origin_tls:
+            certs = Certificates(workdir)
+            origin_port = free_port()
+            config = tls_origin_config(workdir / "origin", origin_port, free_port(), www, certs)
+            origin = start_nginx(procs, workdir, "origin", config, origin_port)
+            origin.url = f"https://127.0.0.1:{origin_port}"
+            tls_wait_ready(origin, certs.ca_file)
+        else:
+            _, origin_port = start_origin(procs, workdir, www)
         print(
             f"instructions per request: {args.requests} GETs of {args.object} over "
-            f"{args.connections} keep-alive connections, under callgrind",
+            f"{args.connections} keep-alive connections, under callgrind"
+            + (", origin over HTTPS" if certs is not None else ""),
             flush=True,
         )
         results: dict[str, list[float]] = {name: [] for name in trees}
@@ -217,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.connections,
                     args.keep,
                     overlays.get(name, ""),
+                    certs,
                 )
                 results[name].append(value)
                 print(f"  round {index + 1}: {name:>10} {value:,.0f}", flush=True)

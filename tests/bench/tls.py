@@ -4,6 +4,7 @@ Usage, from the repository root with the project's virtualenv:
 
     python tests/bench/tls.py            # 3 rounds of 8 s per target (~1.5 min)
     python tests/bench/tls.py --quick    # 1 round of 3 s per target
+    python tests/bench/tls.py --tree before=../base   # and another checkout, TLS to the origin
 
 Needs /usr/sbin/nginx, /usr/bin/wrk and the dev dependency trustme (the test CA). It is never
 run by CI, and pytest does not collect it.
@@ -27,8 +28,10 @@ rotates each round), the failover-plain and nginx-plain pair showing what TLS to
 costs each; the table holds the median over rounds of req/s, p50 and p99, the
 ratio to nginx with the same ends in TLS, and the CPU time per request of each proxy (its
 processes' user + system time over the requests served; it moves far less with the machine's
-load than req/s does). Last come the target (failover >= 0.3x nginx, TLS
-to the origin) and whether it was met.
+load than req/s does). `--tree NAME=DIR` adds a target NAME: failover from that checkout
+(with its own .venv if it has one), TLS to the origin, measured right after this checkout's
+in each round, for a before/after comparison in one run. Last come the target (failover >=
+0.3x nginx, TLS to the origin) and whether it was met.
 """
 
 from __future__ import annotations
@@ -196,7 +199,9 @@ def tree_cpu(pid: int) -> float:
 
 
 def benchmark(args: argparse.Namespace) -> None:
-    rounds, duration = (1, 3.0) if args.quick else (3, 8.0)
+    rounds, duration = (1, 3.0) if args.quick else (args.rounds, 8.0)
+    trees = dict(item.split("=", 1) for item in args.tree)
+    groups = [(PAIRS[0][0], *trees, PAIRS[0][1]), *PAIRS[1:]]
     for tool in (NGINX, WRK):
         if not os.access(tool, os.X_OK):
             raise SystemExit(f"{tool} is missing; this benchmark needs nginx and wrk")
@@ -237,6 +242,11 @@ def benchmark(args: argparse.Namespace) -> None:
             name = f"nginx{suffix or '-proxy'}"
             config = nginx_proxy_config(workdir / name, port, to_port, certs, https, to_tls)
             services[name] = start_nginx(procs, workdir, name, config, port)
+        for name, folder in trees.items():
+            port = free_port()
+            config = failover_config(port, origin_port, certs, False, True)
+            tree = Path(folder).resolve()
+            services[name] = start_failover(procs, workdir, name, config, port, tree)
         for name, service in services.items():
             if name.endswith("https"):
                 service.url = service.url.replace("http://", "https://")
@@ -248,9 +258,9 @@ def benchmark(args: argparse.Namespace) -> None:
         for service in services.values():  # warm the pools and sessions, unmeasured
             run_wrk(service.url + PATH, 1)
         for index in range(rounds):
-            shift = index % len(PAIRS)
-            pairs = PAIRS[shift:] + PAIRS[:shift]
-            order = [t for pair in pairs for t in (pair if index % 2 == 0 else pair[::-1])]
+            shift = index % len(groups)
+            turn = groups[shift:] + groups[:shift]
+            order = [t for group in turn for t in (group if index % 2 == 0 else group[::-1])]
             print(f"round {index + 1}/{rounds}: {', '.join(order)}", flush=True)
             for target in order:
                 pid = services[target].process.pid
@@ -267,8 +277,9 @@ def benchmark(args: argparse.Namespace) -> None:
         )
         print(header)
         print("-" * len(header))
-        for ours, theirs in PAIRS:
-            for target in (ours, theirs):
+        for group in groups:
+            theirs = group[-1]
+            for target in group:
                 row = rows[target]
                 rates = [r.requests_per_s for r in row.results]
                 spread = f"({min(rates):,.0f}-{max(rates):,.0f})"
@@ -305,6 +316,14 @@ def benchmark(args: argparse.Namespace) -> None:
             "rounds); nginx/ours is nginx's CPU per request over ours, the req/s ratio one "
             "core each would give on an idle machine"
         )
+        for name in trees:
+            rates = paired_ratios(rows["failover"], rows[name])
+            ours_cpu = statistics.median(cpu["failover"]) / statistics.median(cpu[name])
+            print(
+                f"this checkout against {name}: req/s per round "
+                + ", ".join(f"{r:.2f}x" for r in rates)
+                + f" (median {statistics.median(rates):.2f}x); CPU per request {ours_cpu:.2f}x"
+            )
         print(f"load average at the end: {os.getloadavg()[0]:.2f}")
         check = Check(
             f"1 KiB req/s >= {MIN_RATIO}x nginx, both proxying the HTTPS origin",
@@ -324,6 +343,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="failover and nginx proxying the same HTTPS origin (see docstring)."
     )
     parser.add_argument("--quick", action="store_true", help="1 round of 3 s per target")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of 8 s per target")
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="also measure failover from checkout DIR as NAME (TLS to the origin)",
+    )
     args = parser.parse_args(argv)
     try:
         benchmark(args)

@@ -193,6 +193,10 @@ class LocationRewriter:
 _RESPONSE_SPECIAL = HOP_BY_HOP | LOCATION_HEADERS | {b"via", b"content-length"}
 
 
+# Connection values that name no header: nothing more to drop (most responses say one).
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
+
+
 def _connection_tokens(value: bytes) -> set[bytes]:
     return {token.strip().lower() for token in value.split(b",") if token.strip()}
 
@@ -208,7 +212,7 @@ def request_headers(
     (0 for none, None when chunked), whether an Idempotency-Key was sent."""
     drop = _REQUEST_DROP
     for name, value in raw:
-        if name == b"connection":
+        if name == b"connection" and value not in _PLAIN_CONNECTION:
             drop = drop | _connection_tokens(value)
     out: list[tuple[str, str]] = []
     client_host: str | None = None
@@ -265,7 +269,7 @@ def response_headers(
         if lower not in _RESPONSE_SPECIAL:  # most headers: one set look-up
             out.append((lower, value))
         elif lower in HOP_BY_HOP:
-            if lower == b"connection":
+            if lower == b"connection" and value not in _PLAIN_CONNECTION:
                 named |= _connection_tokens(value)
         elif lower == b"via":
             via += value + b", "

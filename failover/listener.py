@@ -21,6 +21,10 @@ connection only after a response. `LimitedHttpToolsProtocol` adds, per connectio
   client sent after its request; uvicorn's own WebSocket support stays off (`ws="none"`). A
   handshake answered otherwise closes the connection after the response.
 
+A response's head is written together with its first body bytes when the app sends them in
+the same turn of the event loop (one send() for a small response instead of two), else on the
+loop's next turn (`_Cycle`).
+
 Every cut is counted by reason and logged at most once a second (`ClosedConnections`). The
 timers are `loop.call_later` handles: the header timer is armed only when a read leaves a
 head incomplete, so a request that arrives in one read costs no timer at all.

@@ -492,11 +492,14 @@ class App:
                 pool.engine.override(origin, entry["action"], str(entry.get("by", "?")))
 
     def _websocket_drains(self, event: Event) -> None:
-        """A drained origin's WebSockets close with 1012 after `websocket.drain_timeout`."""
+        """A drained origin's WebSockets close with 1012 after `websocket.drain_timeout`, a
+        disabled one's at once."""
         origin = self.runtime.origins.get(event.origin) if hasattr(self, "runtime") else None
         if origin is None:
             return
-        if Flag.DRAINED in origin.flags:
+        if Flag.DISABLED in origin.flags:
+            self.websockets.disabled(origin.name)
+        elif Flag.DRAINED in origin.flags:
             self.websockets.drained(origin.name, self.settings.websocket.drain_timeout)
         else:
             self.websockets.undrained(origin.name)

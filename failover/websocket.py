@@ -13,8 +13,8 @@ alone (payloads are never copied or parsed). It lets the tunnel
 - refuse a message larger than `websocket.max_message_bytes` (close 1009 both ways, the
   offending frame never forwarded);
 - inject a close frame at a frame boundary towards each side: 1012 when the origin is
-  drained (`websocket.drain_timeout` after the drain), 1001 on shutdown and after
-  `websocket.idle_timeout` without a byte either way. Towards the client a server's frame
+  drained (`websocket.drain_timeout` after the drain) or disabled (at once), 1001 on shutdown
+  and after `websocket.idle_timeout` without a byte either way. Towards the client a server's frame
   (unmasked), towards the origin a client's frame (masked); after it, what that side still
   sends is read and dropped until its own close frame, and the connection closes.
 
@@ -420,18 +420,28 @@ class WebSockets:
         if timer is not None:
             timer.cancel()
 
+    def disabled(self, origin: str) -> None:
+        """`origin` was disabled (forced down): its WebSockets close with 1012 at once."""
+        self.undrained(origin)
+        self._close_all(origin, "disabled", "disable")
+
     def _close_drained(self, origin: str) -> None:
         self._drains.pop(origin, None)
-        tunnels = list(self.by_origin.get(origin, ()))
+        self._close_all(origin, "drained", "drain")
+
+    def _close_all(self, origin: str, state: str, why: str) -> None:
+        # A tunnel already closing is left to finish (Tunnel.close does nothing twice).
+        tunnels = [t for t in self.by_origin.get(origin, ()) if not t.closing]
         if tunnels:
             logger.info(
-                "Closing %d WebSocket%s to the drained origin %s (1012).",
+                "Closing %d WebSocket%s to the %s origin %s (1012).",
                 len(tunnels),
                 "" if len(tunnels) == 1 else "s",
+                state,
                 origin,
             )
         for tunnel in tunnels:
-            tunnel.close(SERVICE_RESTART, "origin drained", "drain")
+            tunnel.close(SERVICE_RESTART, f"origin {state}", why)
 
     async def close(self, wait: float = CLOSE_TIMEOUT) -> None:
         """On shutdown: close every tunnel with 1001, wait for them up to `wait` seconds,

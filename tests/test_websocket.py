@@ -377,6 +377,38 @@ async def test_drain_closes_the_origins_websockets_with_1012(echo: Any, make_pro
         assert await again.recv() == "secondary"
 
 
+async def test_disable_closes_the_origins_websockets_at_once(echo: Any, make_proxy: Any) -> None:
+    primary = await echo("primary")
+    secondary = await echo("secondary")
+    proxy = await make_proxy(
+        proxy_config(
+            origin_config("primary", primary, 0),
+            origin_config("secondary", secondary, 1),
+            admin={"token": TOKEN},
+            websocket={"drain_timeout": 60},  # a drain would wait a minute; a disable does not
+        )
+    )
+    await ready(proxy)
+    async with client(proxy) as on_primary, client(proxy) as also_on_primary:
+        await on_primary.send("whoami")
+        assert await on_primary.recv() == "primary"
+        await also_on_primary.send("whoami")
+        assert await also_on_primary.recv() == "primary"
+        # A drain first (its timer must not matter), then the disable replaces it.
+        drained = await proxy.client.post(f"{PREFIX}/origins/primary/drain", headers=AUTH)
+        assert drained.status_code == 200
+        await on_primary.send("still open while drained")
+        assert await on_primary.recv() == "still open while drained"
+        disabled = await proxy.client.post(f"{PREFIX}/origins/primary/disable", headers=AUTH)
+        assert disabled.status_code == 200
+        assert await closed_with(on_primary) == (1012, "origin disabled")
+        assert await closed_with(also_on_primary) == (1012, "origin disabled")
+    await wait_for(lambda: primary.closes.count((1012, "origin disabled")) == 2, timeout=5)
+    async with client(proxy) as again:
+        await again.send("whoami")
+        assert await again.recv() == "secondary"
+
+
 async def test_a_config_reload_leaves_open_websockets_alone(echo: Any, make_proxy: Any) -> None:
     origin = await echo("primary")
     config = proxy_config(origin_config("primary", origin, 0))

@@ -46,7 +46,7 @@ from .public import StatusBoard, build_public
 from .reload import Reloader
 from .resolver import HostAddresses, Resolver
 from .runtime import Runtime, build_runtime
-from .tls import EXPIRY_WARNING, CertificateInfo, ListenerCerts, RedirectServer
+from .tls import EXPIRY_WARNING, CertificateInfo, ListenerCerts, RedirectServer, TLSFileError
 from .upstream import Upstream
 from .websocket import WebSockets
 
@@ -315,6 +315,7 @@ class App:
             try:
                 for pool in self.runtime.pools.values():
                     pool.engine.tick()
+                self._refresh_origin_tls()
                 if ticks % EXPIRY_CHECK_TICKS == 0:
                     self._check_certificates()
                 if self.metrics is not None:
@@ -424,6 +425,35 @@ class App:
             [f"listen.tls: {problem}; still serving the previous certificates"],
             "certificate file changed",
         )
+
+    def _refresh_origin_tls(self) -> None:
+        """Origins' CA, client certificate and key files renewed on disk are used for new
+        connections; a file that cannot be used keeps the previous ones, reported like a bad
+        config edit."""
+        for key, pool in list(self.upstream.pools.items()):
+            tls = pool.tls
+            if tls is None:
+                continue
+            name = key[0]
+            try:
+                if not tls.refresh():
+                    continue
+            except (TLSFileError, OSError) as exc:
+                self.reload_failed(
+                    [f"origin {name} tls: {exc}; new connections still use the previous files"],
+                    "certificate file changed",
+                )
+                continue
+            pool.ssl = tls.context
+            origin = self.runtime.origins.get(name)
+            self.events.emit(
+                "certificates-reloaded",
+                name,
+                "",
+                "",
+                f"origin {name} tls: files changed",
+                origin.pool_name if origin is not None else "-",
+            )
 
     def _check_certificates(self) -> None:
         for origin in self.origins:

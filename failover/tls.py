@@ -24,6 +24,7 @@ import asyncio
 import calendar
 import contextlib
 import logging
+import os
 import re
 import ssl
 from collections.abc import Callable, Iterable
@@ -397,8 +398,10 @@ class _ResumingContext(ssl.SSLContext):
         return sslobj
 
     def connected(self, sslobj: ssl.SSLObject) -> None:
-        """A handshake succeeded: its session is the one to offer next."""
-        self._last = sslobj
+        """A handshake succeeded: its session is the one to offer next (not one made with
+        a context this one replaced: OpenSSL refuses a session of another context)."""
+        if sslobj.context is self:
+            self._last = sslobj
 
 
 @dataclass(frozen=True)
@@ -414,30 +417,75 @@ class TLSSettings:
     min_version: str = "1.2"
 
 
+def _client_context(settings: Any) -> _ResumingContext:
+    """A client context for an origin's `tls:` settings (TLSFileError if a file is unusable)."""
+    context = _ResumingContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = VERSIONS[settings.min_version]
+    if settings.verify:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.check_hostname = True
+        if settings.ca_file:
+            load_ca(context, settings.ca_file)
+        else:
+            context.load_default_certs()
+    else:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if settings.client_cert_file and settings.client_key_file:
+        load_chain(context, settings.client_cert_file, settings.client_key_file)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+_Stamp = tuple[int, int, int] | None  # a file's (mtime_ns, size, inode); None if unreadable
+
+
+def _stamp(path: str) -> _Stamp:
+    try:
+        found = os.stat(path)  # follows links: a Kubernetes secret swaps its `..data` link
+    except OSError:
+        return None
+    return found.st_mtime_ns, found.st_size, found.st_ino
+
+
 class OriginTLS:
-    """An origin's TLS identity: its context, the name it is asked for, its certificate."""
+    """An origin's TLS identity: its context, the name it is asked for, its certificate.
+
+    `refresh` (called about once a second) rebuilds the context when the CA, client
+    certificate or key files changed on disk and have stayed unchanged for one look since (a
+    renewal tool that writes the certificate and then the key is not caught in between).
+    New connections use the new context; open ones keep theirs."""
 
     def __init__(self, settings: Any, host: str) -> None:
+        self.settings = settings
         self.server_name: str = settings.server_name or host
         self.verify: bool = settings.verify
-        context = _ResumingContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.minimum_version = VERSIONS[settings.min_version]
-        if settings.verify:
-            context.verify_mode = ssl.CERT_REQUIRED
-            context.check_hostname = True
-            if settings.ca_file:
-                load_ca(context, settings.ca_file)
-            else:
-                context.load_default_certs()
-        else:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        if settings.client_cert_file and settings.client_key_file:
-            load_chain(context, settings.client_cert_file, settings.client_key_file)
-        context.set_alpn_protocols(["http/1.1"])
-        self.context: ssl.SSLContext = context
+        ca_file = settings.ca_file if settings.verify else None
+        self.files = tuple(
+            f for f in (ca_file, settings.client_cert_file, settings.client_key_file) if f
+        )
+        self._stamps = tuple(_stamp(f) for f in self.files)
+        self._pending: tuple[_Stamp, ...] | None = None
+        self.context: ssl.SSLContext = _client_context(settings)
         self.certificate: CertificateInfo | None = None
         self.on_certificate: Callable[[CertificateInfo], None] | None = None
+
+    def refresh(self) -> bool:
+        """Reload the files if they changed and have settled: True if the context is new.
+        Raises TLSFileError if the changed files cannot be used (the old context stays, and
+        the same files are not tried again until they change once more)."""
+        if not self.files:
+            return False
+        stamps = tuple(_stamp(f) for f in self.files)
+        if stamps == self._stamps:
+            self._pending = None
+            return False
+        if stamps != self._pending:
+            self._pending = stamps  # changed since the last look: wait until it settles
+            return False
+        self._stamps, self._pending = stamps, None
+        self.context = _client_context(self.settings)
+        return True
 
     def status(self, now: float) -> dict[str, Any]:
         """For the status page: the name asked for, verification, the certificate's expiry

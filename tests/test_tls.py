@@ -194,6 +194,47 @@ async def test_a_client_certificate_reaches_an_origin_that_requires_one(
     assert attempts[0].startswith("anonymous;") and attempts[-1] == "identified;200"
 
 
+async def test_a_client_certificate_renewed_on_disk_is_used_for_new_connections(
+    ca: TestCA, tls_origin: Any, make_proxy: MakeProxy
+) -> None:
+    # The origin closes every connection: each request shows the certificate of a new one.
+    origin = await tls_origin(
+        [ca.issue("mtls.test")], require_client_cert_from=ca.ca_file, close=True
+    )
+    client = ca.issue("client", common_name="first")
+    tls = tls_to(
+        ca, "mtls.test", client_cert_file=client.cert_file, client_key_file=client.key_file
+    )
+    proxy = await make_proxy(
+        proxy_config(origin_config("primary", origin.url, 0, tls=tls), health=NO_CHECKS)
+    )
+    response = await proxy.client.get("/x")
+    assert response.status_code == 200, response.text
+    assert response.json()["client"] == "first"
+
+    ca.issue("client", common_name="second")  # renewed in place: the key, then the certificate
+
+    async def renewed() -> bool:
+        response = await proxy.client.get("/x")
+        assert response.status_code == 200, response.text  # never a failed request meanwhile
+        return bool(response.json()["client"] == "second")
+
+    await wait_for(renewed, 10, every=0.1)
+    reloaded = [e for e in proxy.app.events.newest_first(50) if e.kind == "certificates-reloaded"]
+    assert [(e.origin, e.pool) for e in reloaded] == [("primary", "default")]
+
+    # A key that is no key: reported, and new connections keep the certificate they had.
+    await asyncio.to_thread(Path(client.key_file).write_text, "not a key\n")
+    await wait_for(lambda: (proxy.app.last_reload or {}).get("result") == "error", 10)
+    assert proxy.app.last_reload is not None
+    problem = proxy.app.last_reload["errors"][0]
+    assert problem.startswith("origin primary tls: ") and client.key_file in problem
+    assert "still use the previous files" in problem
+    response = await proxy.client.get("/x")
+    assert response.status_code == 200, response.text
+    assert response.json()["client"] == "second"
+
+
 async def test_new_connections_to_an_origin_resume_its_tls_session(
     ca: TestCA, tls_origin: Any, make_proxy: MakeProxy
 ) -> None:

@@ -87,6 +87,7 @@ class FrameTracker:
     are still followed so that the peer's close frame is seen (`close_seen`)."""
 
     __slots__ = (
+        "close_code",
         "close_seen",
         "dropping",
         "head",
@@ -106,6 +107,7 @@ class FrameTracker:
         self.dropping = False  # stopped: nothing passes any more
         self.too_big = False
         self.close_seen = False
+        self.close_code: int | None = None  # of the first close frame (1005: it gave none)
 
     def stop(self) -> bool:
         """Stop passing bytes at the next frame boundary; True if this is one already."""
@@ -156,12 +158,25 @@ class FrameTracker:
             elif length == 127:
                 length = int.from_bytes(data[pos + 2 : pos + 10], "big")
             opcode = first & 0x0F
+            if opcode == 8 and not self.close_seen and length >= 2:
+                # A close frame's code, its first two payload bytes, is read where it stands:
+                # held back with the header until they are here (a close frame is small).
+                if n - pos < size + 2:
+                    self.head = data[pos:]
+                    return data[: min(cut, pos)]
+                code = data[pos + size : pos + size + 2]
+                if second >> 7:  # masked (client to server)
+                    key = data[pos + size - 4 : pos + size - 2]
+                    code = bytes((code[0] ^ key[0], code[1] ^ key[1]))
+                self.close_code = int.from_bytes(code, "big")
             if opcode < 8:  # continuation, text, binary: one message until FIN
                 self.message = self.message + length if opcode == 0 else length
                 if self.message > self.limit and not self.dropping:
                     self.too_big = self.dropping = True
                     cut = pos
             elif opcode == 8:
+                if not self.close_seen and length < 2:
+                    self.close_code = 1005  # RFC 6455 section 7.1.5: no status code present
                 self.close_seen = True
             pos += size
             left = length
@@ -367,6 +382,11 @@ class Tunnel:
             self.log["bytes_in"] = 0 if client_side is None else client_side.bytes
             self.log["bytes_out"] = self.origin_side.bytes
             self.log["closed_by"] = self.closed_by
+            # The code of the close frame each side sent (null: it sent none).
+            self.log["client_close_code"] = (
+                None if client_side is None else (client_side.frames.close_code)
+            )
+            self.log["origin_close_code"] = self.origin_side.frames.close_code
             _access.info(json.dumps(self.log, separators=(",", ":")))
 
 

@@ -485,6 +485,8 @@ async def test_metrics_and_access_log(
     assert line["status"] == 101 and line["origin"] == "primary" and line["path"] == "/chat"
     assert line["bytes_in"] > 5 and line["bytes_out"] > 5 and line["duration_ms"] > 0
     assert line["closed_by"] == "client"
+    # The client closed normally (1000) and the origin answered with the same code.
+    assert line["client_close_code"] == 1000 and line["origin_close_code"] == 1000
 
 
 # -- the frame tracker (pure) ---------------------------------------------------------------
@@ -533,6 +535,19 @@ def test_the_tracker_stops_at_the_next_frame_boundary() -> None:
     assert tracker.dropping and not tracker.close_seen
     tracker.feed(frame(8, b"\x03\xe8", mask=True))
     assert tracker.close_seen
+
+
+def test_the_tracker_reads_the_close_code_wherever_the_frame_is_split() -> None:
+    for mask in (False, True):
+        stream = frame(1, b"bye") + frame(8, b"\x0f\xa1going", mask=mask) + frame(8, b"\x03\xe8")
+        for size in range(1, len(stream) + 1):
+            tracker = FrameTracker()
+            out = b"".join(tracker.feed(stream[i : i + size]) for i in range(0, len(stream), size))
+            assert out == stream  # every byte passes, in order
+            assert tracker.close_code == 4001, (mask, size)  # the first close frame's code
+    tracker = FrameTracker()
+    tracker.feed(frame(8, b"", mask=True))
+    assert tracker.close_seen and tracker.close_code == 1005  # a close frame with no code
 
 
 def test_close_frames_as_a_server_and_as_a_client_send_them() -> None:

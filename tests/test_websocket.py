@@ -349,7 +349,8 @@ async def test_another_upgrade_is_ignored_and_the_connection_goes_on(
     assert "upgrade" not in caplog.text.lower()
 
 
-async def test_drain_closes_the_origins_websockets_with_1012(echo: Any, make_proxy: Any) -> None:
+async def primary_and_secondary(echo: Any, make_proxy: Any, drain_timeout: float) -> Any:
+    """Two echo origins, `primary` preferred, behind a ready proxy; the origins and the proxy."""
     primary = await echo("primary")
     secondary = await echo("secondary")
     proxy = await make_proxy(
@@ -357,10 +358,15 @@ async def test_drain_closes_the_origins_websockets_with_1012(echo: Any, make_pro
             origin_config("primary", primary, 0),
             origin_config("secondary", secondary, 1),
             admin={"token": TOKEN},
-            websocket={"drain_timeout": 0.3},
+            websocket={"drain_timeout": drain_timeout},
         )
     )
     await ready(proxy)
+    return primary, secondary, proxy
+
+
+async def test_drain_closes_the_origins_websockets_with_1012(echo: Any, make_proxy: Any) -> None:
+    primary, _, proxy = await primary_and_secondary(echo, make_proxy, drain_timeout=0.3)
     async with client(proxy) as on_primary:
         await on_primary.send("whoami")
         assert await on_primary.recv() == "primary"
@@ -378,17 +384,8 @@ async def test_drain_closes_the_origins_websockets_with_1012(echo: Any, make_pro
 
 
 async def test_disable_closes_the_origins_websockets_at_once(echo: Any, make_proxy: Any) -> None:
-    primary = await echo("primary")
-    secondary = await echo("secondary")
-    proxy = await make_proxy(
-        proxy_config(
-            origin_config("primary", primary, 0),
-            origin_config("secondary", secondary, 1),
-            admin={"token": TOKEN},
-            websocket={"drain_timeout": 60},  # a drain would wait a minute; a disable does not
-        )
-    )
-    await ready(proxy)
+    # A drain would wait a minute before it closes them; a disable does not wait.
+    primary, _, proxy = await primary_and_secondary(echo, make_proxy, drain_timeout=60)
     async with client(proxy) as on_primary, client(proxy) as also_on_primary:
         await on_primary.send("whoami")
         assert await on_primary.recv() == "primary"

@@ -383,9 +383,8 @@ class Tunnel:
             self.log["bytes_out"] = self.origin_side.bytes
             self.log["closed_by"] = self.closed_by
             # The code of the close frame each side sent (null: it sent none).
-            self.log["client_close_code"] = (
-                None if client_side is None else (client_side.frames.close_code)
-            )
+            client_code = None if client_side is None else client_side.frames.close_code
+            self.log["client_close_code"] = client_code
             self.log["origin_close_code"] = self.origin_side.frames.close_code
             _access.info(json.dumps(self.log, separators=(",", ":")))
 

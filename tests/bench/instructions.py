@@ -88,6 +88,37 @@ def drive(port: int, path: str, requests: int, connections: int) -> None:
     asyncio.run(run())
 
 
+def start_bench_origin(
+    procs: Processes, workdir: Path, origin_tls: bool
+) -> tuple[int, Certificates | None]:
+    """The nginx origin serving the benchmark objects from `workdir/www`, over HTTPS with a
+    test CA's certificate if `origin_tls`; its port, and the certificates if any."""
+    workdir.chmod(0o755)  # nginx workers run unprivileged when started as root
+    www = workdir / "www"
+    www.mkdir(mode=0o755)
+    (www / "index.html").write_text("ok\n")
+    for obj_path, size in OBJECTS.values():
+        (www / obj_path.lstrip("/")).write_bytes(os.urandom(size))
+    for item in www.iterdir():
+        item.chmod(0o644)
+    if not origin_tls:
+        return start_origin(procs, workdir, www)[1], None
+    certs = Certificates(workdir)
+    origin_port = free_port()
+    config = tls_origin_config(workdir / "origin", origin_port, free_port(), www, certs)
+    origin = start_nginx(procs, workdir, "origin", config, origin_port)
+    origin.url = f"https://127.0.0.1:{origin_port}"
+    tls_wait_ready(origin, certs.ca_file)
+    return origin_port, certs
+
+
+def proxy_config(port: int, origin_port: int, certs: Certificates | None, overlay: str = "") -> str:
+    """The proxy's config: one origin, over HTTPS when `certs` (the origin's test CA) is given."""
+    if certs is None:
+        return failover_config(port, origin_port, overlay)
+    return tls_failover_config(port, origin_port, certs, False, True) + overlay
+
+
 def control(pid: int, *args: str) -> None:
     subprocess.run([CONTROL, *args, str(pid)], check=True, capture_output=True, timeout=60)
 
@@ -107,10 +138,7 @@ def count(
     """Instructions per request of the proxy from `tree` serving `path`."""
     port = free_port()
     config = workdir / f"{name}.yaml"
-    if origin_tls is None:
-        config.write_text(failover_config(port, origin_port, overlay))
-    else:
-        config.write_text(tls_failover_config(port, origin_port, origin_tls, False, True) + overlay)
+    config.write_text(proxy_config(port, origin_port, origin_tls, overlay))
     out = workdir / f"{name}.callgrind"
     python = tree / ".venv" / "bin" / "python"
     env = {**os.environ, "PYTHONPATH": str(tree)}
@@ -206,24 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="failover-instructions-"))
     procs = Processes(workdir)
     try:
-        workdir.chmod(0o755)  # nginx workers run unprivileged when started as root
-        www = workdir / "www"
-        www.mkdir(mode=0o755)
-        (www / "index.html").write_text("ok\n")
-        for obj_path, size in OBJECTS.values():
-            (www / obj_path.lstrip("/")).write_bytes(os.urandom(size))
-        for item in www.iterdir():
-            item.chmod(0o644)
-        certs: Certificates | None = None
-        if args.origin_tls:
-            certs = Certificates(workdir)
-            origin_port = free_port()
-            config = tls_origin_config(workdir / "origin", origin_port, free_port(), www, certs)
-            origin = start_nginx(procs, workdir, "origin", config, origin_port)
-            origin.url = f"https://127.0.0.1:{origin_port}"
-            tls_wait_ready(origin, certs.ca_file)
-        else:
-            _, origin_port = start_origin(procs, workdir, www)
+        origin_port, certs = start_bench_origin(procs, workdir, args.origin_tls)
         print(
             f"instructions per request: {args.requests} GETs of {args.object} over "
             f"{args.connections} keep-alive connections, under callgrind"

@@ -32,22 +32,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
-from tests.bench.compare import failover_config  # a sibling script
-from tests.bench.instructions import drive
+from tests.bench.instructions import drive, proxy_config, start_bench_origin
 from tests.bench.throughput import (  # a sibling script
     NGINX,
     REPO,
     Processes,
     free_port,
     start_failover,
-    start_nginx,
+    wait_ready,
 )
-from tests.bench.throughput import origin_config as plain_origin_config
-from tests.bench.throughput import wait_ready as plain_wait_ready
-from tests.bench.tls import Certificates
-from tests.bench.tls import failover_config as tls_failover_config
-from tests.bench.tls import origin_config as tls_origin_config
-from tests.bench.tls import wait_ready as tls_wait_ready
 
 STRACE = shutil.which("strace") or "/usr/bin/strace"
 PATH = "/1k.bin"
@@ -76,7 +69,7 @@ def count(
 ) -> dict[str, float]:
     """Calls per request of the proxy from `tree` (its listener is plain HTTP on `port`)."""
     service = start_failover(procs, workdir, name, config, port, tree)
-    plain_wait_ready(service, "/_failover/readyz")
+    wait_ready(service, "/_failover/readyz")
     drive(port, PATH, max(connections * 20, requests // 10), connections)  # warm-up
     out = Path(tempfile.mkdtemp(prefix="failover-strace-")) / f"{name}.txt"
     strace = subprocess.Popen(
@@ -115,24 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="failover-syscalls-"))
     procs = Processes(workdir)
     try:
-        workdir.chmod(0o755)  # nginx workers run unprivileged when started as root
-        www = workdir / "www"
-        www.mkdir(mode=0o755)
-        (www / "index.html").write_text("ok\n")
-        (www / PATH.lstrip("/")).write_bytes(os.urandom(1024))
-        for item in www.iterdir():
-            item.chmod(0o644)
-        origin_port = free_port()
-        certs = Certificates(workdir) if args.origin_tls else None
-        if certs is None:
-            config = plain_origin_config(workdir / "origin", origin_port, www)
-            origin = start_nginx(procs, workdir, "origin", config, origin_port)
-            plain_wait_ready(origin, PATH)
-        else:
-            config = tls_origin_config(workdir / "origin", origin_port, free_port(), www, certs)
-            origin = start_nginx(procs, workdir, "origin", config, origin_port)
-            origin.url = f"https://127.0.0.1:{origin_port}"
-            tls_wait_ready(origin, certs.ca_file)
+        origin_port, certs = start_bench_origin(procs, workdir, args.origin_tls)
         print(
             f"system calls per request: {args.requests} GETs of {PATH} over {args.connections} "
             f"keep-alive connections, under strace -c -f"
@@ -142,16 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         results: dict[str, dict[str, float]] = {}
         for name, folder in trees.items():
             port = free_port()
-            if certs is None:
-                proxy_config = failover_config(port, origin_port, "")
-            else:
-                proxy_config = tls_failover_config(port, origin_port, certs, False, True)
             results[name] = count(
                 procs,
                 workdir,
                 name,
                 Path(folder).resolve(),
-                proxy_config,
+                proxy_config(port, origin_port, certs),
                 port,
                 args.requests,
                 args.connections,
